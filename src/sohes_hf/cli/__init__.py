@@ -1,0 +1,1 @@
+"""The ``sohes`` command line: one entry point, one module per subcommand."""

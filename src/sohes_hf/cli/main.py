@@ -1,0 +1,68 @@
+"""Entry point of the ``sohes`` command.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``, which adds a parser
+whose ``func`` default takes the parsed namespace and returns an exit code. A subcommand module
+is imported only when the command line names it, so ``sohes --help`` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sohes_hf import __version__
+from sohes_hf.logging_utils import configure_logging, get_logger
+
+logger = get_logger(__name__)
+
+# Subcommand name -> (module exposing ``register``, one-line help), in the order of the phases.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+class CliError(Exception):
+    """A user error on the command line; its message names the argument at fault."""
+
+
+def build_parser(arguments: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Builds the parser, importing only the subcommand module that ``arguments`` name."""
+    parser = argparse.ArgumentParser(
+        prog="sohes",
+        description="SOHES: self-supervised open-world hierarchical entity segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"sohes-hf {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((a for a in arguments if not a.startswith("-")), None)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if name == wanted:
+            importlib.import_module(module_name).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``sohes`` command; returns the process exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
+    configure_logging("DEBUG" if args.verbose else "WARNING" if args.quiet else None)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except CliError as error:
+        parser.error(str(error))  # prints usage and exits with status 2
+    except KeyboardInterrupt:
+        logger.warning("interrupted; finished work is saved and re-running the command resumes")
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
