@@ -76,5 +76,11 @@ def test_log_level_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     configure_logging("ERROR")
     assert logging.getLogger("sohes_hf").level == logging.ERROR
     configure_logging("ERROR")
-    handlers = [h for h in logging.getLogger("sohes_hf").handlers if getattr(h, "_sohes_cli", False)]
+    handlers = [h for h in logging.getLogger("sohes_hf").handlers if isinstance(h, logging.StreamHandler)]
     assert len(handlers) == 1
+
+
+def test_log_records_follow_the_current_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO")
+    logging.getLogger("sohes_hf.test").info("hello from the library")
+    assert "hello from the library" in capsys.readouterr().err

@@ -171,3 +171,21 @@ def test_bad_arrays_and_mismatched_sizes_raise() -> None:
     np.testing.assert_array_equal(
         masks.decode_masks(masks.encode_masks(np.ones((1, 2, 2), dtype=np.uint8))), True
     )
+
+
+def test_batched_normalization_names_the_bad_item_and_handles_many_masks() -> None:
+    rng = np.random.default_rng(3)
+    stack = _random_masks(rng, 300, 9, 7)  # pycocotools' area overflows at 256 masks in one call
+    rles = masks.encode_masks(stack)
+    np.testing.assert_array_equal(masks.mask_areas(rles), stack.sum(axis=(1, 2)))
+    other_size = masks.encode_mask(np.ones((2, 3), dtype=bool))
+    mixed = [*rles[:3], {"size": [9, 7], "counts": [60, 3]}, other_size]
+    normalized = masks.normalize_rles(mixed)
+    assert normalized[:3] == rles[:3]
+    np.testing.assert_array_equal(masks.decode_mask(normalized[3]).ravel(order="F")[-3:], True)
+    assert normalized[4] == other_size
+    truncated = {"size": [9, 7], "counts": rles[0]["counts"][:-1]}
+    with pytest.raises(ValueError, match=r"preds\[2\]: compressed RLE counts"):
+        masks.normalize_rles([rles[1], rles[2], truncated], name="preds")
+    with pytest.raises(ValueError, match="ASCII"):
+        masks.normalize_rle({"size": [9, 7], "counts": "é"})

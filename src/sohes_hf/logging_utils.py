@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from typing import Any
 
 ROOT_LOGGER_NAME = "sohes_hf"
 LOG_LEVEL_ENV_VAR = "SOHES_LOG_LEVEL"
@@ -35,12 +37,30 @@ def resolve_log_level(level: str | None = None) -> int:
     return int(getattr(logging, name))
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A plain StreamHandler keeps the stream of the moment it was created, which breaks once
+    stderr is replaced (pytest's capture, notebooks redirecting output).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure_logging(level: str | None = None) -> None:
     """Sends ``sohes_hf`` records to stderr at ``level`` (applications and the CLI only)."""
     logger = logging.getLogger(ROOT_LOGGER_NAME)
     logger.setLevel(resolve_log_level(level))
-    if not any(getattr(h, "_sohes_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _CurrentStderrHandler) for h in logger.handlers):
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._sohes_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

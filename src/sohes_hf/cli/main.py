@@ -18,7 +18,12 @@ from sohes_hf.logging_utils import configure_logging, get_logger
 logger = get_logger(__name__)
 
 # Subcommand name -> (module exposing ``register``, one-line help), in the order of the phases.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": (
+        "sohes_hf.cli.evaluate",
+        "class-agnostic mask AP/AR (up to 1,000 detections) of predictions or a model",
+    ),
+}
 
 
 class CliError(Exception):
