@@ -19,6 +19,10 @@ logger = get_logger(__name__)
 
 # Subcommand name -> (module exposing ``register``, one-line help), in the order of the phases.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": (
+        "sohes_hf.cli.convert",
+        "convert an original DINO .pth checkpoint to a transformers ViTModel directory",
+    ),
     "evaluate": (
         "sohes_hf.cli.evaluate",
         "class-agnostic mask AP/AR (up to 1,000 detections) of predictions or a model",

@@ -1,0 +1,115 @@
+"""ViT-Adapter on a patch-8 ViT: output strides, the zero-gated injector, reference points."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from sohes_hf.modeling.adapter_blocks import MultiScaleDeformableAttention, token_grid_reference_points
+from sohes_hf.modeling.testing_utils import tiny_sohes_config
+from sohes_hf.modeling.vit_adapter import SohesViTAdapter
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core test machine this is ~5x faster for tiny models."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def adapter() -> SohesViTAdapter:
+    torch.manual_seed(0)
+    return SohesViTAdapter(tiny_sohes_config()).eval()
+
+
+def test_outputs_at_strides_4_8_16_32(adapter: SohesViTAdapter) -> None:
+    pixel_values = torch.randn(2, 3, 64, 96)
+    features = adapter(pixel_values)
+    assert [tuple(f.shape) for f in features] == [
+        (2, 64, 16, 24),
+        (2, 64, 8, 12),
+        (2, 64, 4, 6),
+        (2, 64, 2, 3),
+    ]
+    assert all(torch.isfinite(f).all() for f in features)
+
+
+def test_zero_gate_leaves_the_vit_unchanged(adapter: SohesViTAdapter) -> None:
+    """With gamma = 0 (ViT-Adapter's init), the ViT computes exactly what the plain ViTModel does."""
+    for injector in adapter.injectors:
+        assert torch.count_nonzero(injector.gamma) == 0
+    captured: list[torch.Tensor] = []
+    hook = adapter.vit.layernorm.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        adapter(pixel_values)
+        hook.remove()
+        reference = adapter.vit(pixel_values, interpolate_pos_encoding=True).last_hidden_state
+    torch.testing.assert_close(captured[0], reference[:, 1:])
+    # A non-zero gate must change them (the injector is really wired in).
+    with torch.no_grad():
+        adapter.injectors[0].gamma.fill_(1.0)
+        hook = adapter.vit.layernorm.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        adapter(pixel_values)
+        hook.remove()
+        adapter.injectors[0].gamma.zero_()
+    assert not torch.allclose(captured[1], reference[:, 1:])
+
+
+def test_sizes_must_be_multiples_of_32(adapter: SohesViTAdapter) -> None:
+    with pytest.raises(ValueError, match="multiples of 32"):
+        adapter(torch.randn(1, 3, 64, 72))
+
+
+def test_reference_points_are_cell_centres() -> None:
+    points = token_grid_reference_points([(2, 3), (1, 1)], torch.device("cpu"), torch.float32)
+    expected = [[x / 6, y / 4] for y in (1, 3) for x in (1, 3, 5)] + [[0.5, 0.5]]
+    torch.testing.assert_close(points, torch.tensor(expected))
+
+
+def test_deformable_attention_with_zero_offsets_samples_the_reference_cell() -> None:
+    """Zero offsets + one point: each query reads the value at its own cell (bilinear at a centre)."""
+    torch.manual_seed(0)
+    attention = MultiScaleDeformableAttention(embed_dim=8, num_heads=2, num_levels=1, num_points=1)
+    with torch.no_grad():
+        attention.sampling_offsets.weight.zero_()
+        attention.sampling_offsets.bias.zero_()
+        for linear in (attention.value_proj, attention.output_proj):
+            linear.weight.copy_(torch.eye(8))
+            linear.bias.zero_()
+    values = torch.randn(1, 6, 8)
+    points = token_grid_reference_points([(2, 3)], torch.device("cpu"), torch.float32)
+    output = attention(torch.randn(1, 6, 8), points, values, [(2, 3)])
+    torch.testing.assert_close(output, values)
+
+
+def test_deformable_attention_matches_transformers_module() -> None:
+    """With a full-width value projection it computes what Mask2Former's own module computes."""
+    from transformers.models.mask2former.modeling_mask2former import (
+        Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention as Reference,
+    )
+
+    torch.manual_seed(0)
+    ours = MultiScaleDeformableAttention(embed_dim=16, num_heads=2, num_levels=2, num_points=3)
+    reference = Reference(embed_dim=16, num_heads=2, n_levels=2, n_points=3)
+    with torch.no_grad():
+        for linear in (ours.sampling_offsets, ours.attention_weights, ours.value_proj, ours.output_proj):
+            linear.weight.normal_(std=0.3)
+            linear.bias.normal_(std=0.3)
+    reference.load_state_dict(ours.state_dict())
+    shapes = [(4, 6), (2, 3)]
+    values = torch.randn(2, 30, 16)
+    queries = torch.randn(2, 5, 16)
+    points = torch.rand(5, 2)
+    expected, _ = reference(
+        queries,
+        encoder_hidden_states=values,
+        reference_points=points[None, :, None, :].expand(2, 5, 2, 2),
+        spatial_shapes_list=shapes,
+    )
+    torch.testing.assert_close(ours(queries, points, values, shapes), expected)
