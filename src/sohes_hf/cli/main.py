@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "sohes_hf.cli.evaluate",
         "class-agnostic mask AP/AR (up to 1,000 detections) of predictions or a model",
     ),
+    "segment": (
+        "sohes_hf.cli.segment",
+        "segment images into a hierarchy of entities; write JSON and pictures",
+    ),
 }
 
 

@@ -1,0 +1,1 @@
+"""Tests of sohes_hf.pipelines."""
