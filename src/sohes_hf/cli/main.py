@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "sohes_hf.cli.convert",
         "convert an original DINO .pth checkpoint to a transformers ViTModel directory",
     ),
+    "data": ("sohes_hf.cli.data", "prepare evaluation splits and pseudo-label stores"),
     "evaluate": (
         "sohes_hf.cli.evaluate",
         "class-agnostic mask AP/AR (up to 1,000 detections) of predictions or a model",
