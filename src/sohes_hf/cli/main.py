@@ -19,6 +19,10 @@ logger = get_logger(__name__)
 
 # Subcommand name -> (module exposing ``register``, one-line help), in the order of the phases.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "explore": (
+        "sohes_hf.cli.explore",
+        "self-exploration: hierarchical pseudo-labels from raw images (phase 1)",
+    ),
     "convert": (
         "sohes_hf.cli.convert",
         "convert an original DINO .pth checkpoint to a transformers ViTModel directory",

@@ -1,0 +1,207 @@
+"""Step 2 of self-exploration: local re-clustering of small regions (paper section 3.1, appendix D).
+
+Regions smaller than theta_small of the image area (1/1,024: 32 x 32 px at S = 1,024) are noisy at
+the global scale. For each one SOHES crops a local image around it, resizes the crop to S' x S'
+(256), clusters it with the same merging procedure as step 1, and keeps the subregions that do not
+touch the crop's boundary (they are complete within the crop); the small region itself is replaced
+by those subregions.
+
+Choices the paper leaves open, made here:
+
+* Crop window: a square centred on the region's box, of side ``local_crop_context`` (2.0) times
+  the box's larger side and at least ``min_local_crop_side`` (32) pixels of the S x S image,
+  shifted (not shrunk) to stay inside the image, so every crop is square and its aspect ratio is
+  kept when resized to S' x S'.
+* Crop pixels come from the *original* image (the crop window mapped back to its coordinates), so
+  a large photo is zoomed into at its native resolution rather than re-upsampled from S x S.
+* Boundary test: a subregion is discarded when it touches a side of the crop that lies inside the
+  image. A crop side on the image border does not cut anything off, so a subregion touching it is
+  complete and is kept (otherwise entities at the image edge could never be re-discovered).
+* The same subregion found at several merging thresholds is kept once.
+
+Subregion masks are returned at S x S as COCO RLEs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from sohes_hf.logging_utils import get_logger
+from sohes_hf.masks import encode_mask, mask_boxes_xywh
+from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
+from sohes_hf.pseudo_labeling.merge import agglomerative_merge
+
+logger = get_logger(__name__)
+
+
+class FeatureExtractor(Protocol):
+    """What self-exploration needs from a backbone (see :class:`~.features.DinoFeatureExtractor`)."""
+
+    patch_size: int
+
+    def extract(self, images: Sequence[np.ndarray], size: int) -> np.ndarray:
+        """(B, size/p, size/p, C) float32 patch features of RGB uint8 images resized to size x size."""
+        ...
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """A square local crop in the S x S working image: ``[y0, y0 + side) x [x0, x0 + side)``."""
+
+    x0: int
+    y0: int
+    side: int
+
+
+@dataclass(frozen=True)
+class LocalReclusteringResult:
+    """Outcome of step 2.
+
+    Attributes:
+        masks: subregion RLEs at S x S (deduplicated within each crop).
+        num_crops: number of small regions re-clustered.
+        num_discarded: subregions dropped because they touch an inner crop boundary.
+        network_seconds: time spent in the backbone on the crops.
+        seconds: total wall time of the step.
+    """
+
+    masks: list[dict[str, Any]]
+    num_crops: int
+    num_discarded: int
+    network_seconds: float
+    seconds: float
+
+
+def crop_window(box_xywh: Sequence[float], image_size: int, context: float, min_side: int) -> CropWindow:
+    """Square window around a box (XYWH, pixels of the S x S image), shifted to lie inside it."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    side = int(np.ceil(max(context * max(w, h), float(min_side))))
+    side = max(1, min(side, image_size))
+    center_x, center_y = x + w / 2.0, y + h / 2.0
+    x0 = int(np.clip(round(center_x - side / 2.0), 0, image_size - side))
+    y0 = int(np.clip(round(center_y - side / 2.0), 0, image_size - side))
+    return CropWindow(x0=x0, y0=y0, side=side)
+
+
+def crop_original(image: np.ndarray, window: CropWindow, image_size: int) -> np.ndarray:
+    """Pixels of ``image`` (H, W, 3) under a window given in S x S coordinates (at least 1 px)."""
+    height, width = image.shape[:2]
+    scale_y, scale_x = height / image_size, width / image_size
+    top = min(int(np.floor(window.y0 * scale_y)), height - 1)
+    left = min(int(np.floor(window.x0 * scale_x)), width - 1)
+    bottom = max(int(np.ceil((window.y0 + window.side) * scale_y)), top + 1)
+    right = max(int(np.ceil((window.x0 + window.side) * scale_x)), left + 1)
+    return image[top:bottom, left:right]
+
+
+def complete_subregions(
+    label_maps: Sequence[np.ndarray], window: CropWindow, image_size: int
+) -> tuple[list[np.ndarray], int]:
+    """Grid masks of the subregions that do not touch an inner crop side, each kept once.
+
+    Args:
+        label_maps: int label maps (g, g) of the crop, one per merging threshold.
+        window: the crop, to tell inner sides (inside the image) from sides on the image border.
+        image_size: S.
+
+    Returns:
+        (list of (g, g) bool masks, number of subregions discarded at the boundary).
+    """
+    inner_left, inner_top = window.x0 > 0, window.y0 > 0
+    inner_right = window.x0 + window.side < image_size
+    inner_bottom = window.y0 + window.side < image_size
+    seen: set[bytes] = set()
+    kept: list[np.ndarray] = []
+    discarded = 0
+    for label_map in label_maps:
+        touching: set[int] = set()
+        for inner, edge in (
+            (inner_top, label_map[0, :]),
+            (inner_bottom, label_map[-1, :]),
+            (inner_left, label_map[:, 0]),
+            (inner_right, label_map[:, -1]),
+        ):
+            if inner:
+                touching.update(int(v) for v in np.unique(edge))
+        for label in range(int(label_map.max()) + 1):
+            if label in touching:
+                discarded += 1
+                continue
+            mask = label_map == label
+            signature = np.packbits(mask).tobytes()
+            if signature not in seen:
+                seen.add(signature)
+                kept.append(mask)
+    return kept, discarded
+
+
+def paste_grid_mask(grid_mask: np.ndarray, window: CropWindow, image_size: int) -> np.ndarray:
+    """Nearest-neighbour upsamples a (g, g) crop mask to the window and pastes it in S x S."""
+    grid = grid_mask.shape[0]
+    index = (np.arange(window.side, dtype=np.int64) * grid) // window.side  # as region_pool upsamples
+    full = np.zeros((image_size, image_size), dtype=bool)
+    full[window.y0 : window.y0 + window.side, window.x0 : window.x0 + window.side] = grid_mask[
+        np.ix_(index, index)
+    ]
+    return full
+
+
+def local_recluster(
+    image: np.ndarray,
+    small_regions: Sequence[Mapping[str, Any]],
+    extractor: FeatureExtractor,
+    config: SelfExplorationConfig,
+) -> LocalReclusteringResult:
+    """Re-clusters small regions in local crops (section 3.1 step 2).
+
+    Args:
+        image: the original RGB image (H, W, 3) uint8.
+        small_regions: RLEs at S x S (``config.image_size``) of the regions to re-examine.
+        extractor: backbone giving patch features; crops go through it in batches.
+        config: thresholds (the same ``merge_thresholds`` as step 1), S, S' and crop settings.
+
+    Returns:
+        The complete subregions as RLEs at S x S, with counts and timings.
+    """
+    start = time.perf_counter()
+    size = config.image_size
+    if config.local_crop_size % extractor.patch_size != 0:
+        raise ValueError(
+            f"local_crop_size: must be a multiple of the patch size {extractor.patch_size}, "
+            f"got {config.local_crop_size}"
+        )
+    if len(small_regions) == 0:
+        return LocalReclusteringResult([], 0, 0, 0.0, time.perf_counter() - start)
+    boxes = mask_boxes_xywh(small_regions)
+    windows = [
+        crop_window(box, size, config.local_crop_context, config.min_local_crop_side)
+        for box in boxes
+        if box[2] > 0 and box[3] > 0
+    ]
+    crops = [crop_original(image, window, size) for window in windows]
+    network_start = time.perf_counter()
+    features = extractor.extract(crops, config.local_crop_size)
+    network_seconds = time.perf_counter() - network_start
+    masks: list[dict[str, Any]] = []
+    num_discarded = 0
+    for window, crop_features in zip(windows, features, strict=True):
+        label_maps = agglomerative_merge(crop_features, config.merge_thresholds)
+        grid_masks, discarded = complete_subregions(label_maps, window, size)
+        num_discarded += discarded
+        for grid_mask in grid_masks:
+            full = paste_grid_mask(grid_mask, window, size)
+            if full.any():
+                masks.append(encode_mask(full))
+    seconds = time.perf_counter() - start
+    logger.debug(
+        "local re-clustering: %d crops -> %d subregions (%d touched the crop boundary)",
+        len(windows),
+        len(masks),
+        num_discarded,
+    )
+    return LocalReclusteringResult(masks, len(windows), num_discarded, network_seconds, seconds)

@@ -1,0 +1,130 @@
+"""Tests of step 2 of self-exploration: local re-clustering of small regions (section 3.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import pytest
+
+from sohes_hf.masks import decode_mask, encode_mask
+from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
+from sohes_hf.pseudo_labeling.local_reclustering import (
+    CropWindow,
+    complete_subregions,
+    crop_window,
+    local_recluster,
+    paste_grid_mask,
+)
+
+
+class ColorFeatures:
+    """A transparent backbone: each patch's feature is its mean colour minus mid-gray.
+
+    Distinct saturated colours then have negative cosine similarity (never merged) and equal
+    colours similarity 1 (always merged), so the expected clustering is known exactly.
+    """
+
+    patch_size = 8
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def extract(self, images: Sequence[np.ndarray], size: int) -> np.ndarray:
+        self.calls.append(len(images))
+        grid = size // self.patch_size
+        out = np.zeros((len(images), grid, grid, 3), dtype=np.float32)
+        for i, image in enumerate(images):
+            resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+            out[i] = resized.reshape(grid, 8, grid, 8, 3).mean(axis=(1, 3)) - 127.5
+        return out
+
+
+@pytest.mark.parametrize(
+    ("box", "expected"),
+    [
+        ((30, 30, 4, 4), CropWindow(x0=16, y0=16, side=32)),  # min side, centred
+        ((0, 2, 4, 4), CropWindow(x0=0, y0=0, side=32)),  # shifted inside at the corner
+        ((10, 20, 20, 10), CropWindow(x0=0, y0=5, side=40)),  # context 2 x larger side, clipped x
+        ((0, 0, 50, 50), CropWindow(x0=0, y0=0, side=64)),  # capped at the image size
+    ],
+)
+def test_crop_window_is_a_square_inside_the_image_holding_the_box(
+    box: tuple[int, int, int, int], expected: CropWindow
+) -> None:
+    window = crop_window(box, image_size=64, context=2.0, min_side=32)
+    assert window == expected
+    x, y, w, h = box
+    assert window.x0 <= x and window.y0 <= y
+    assert x + w <= window.x0 + window.side <= 64 and y + h <= window.y0 + window.side <= 64
+
+
+def test_subregions_touching_inner_crop_sides_are_discarded() -> None:
+    labels = np.array(
+        [
+            [0, 0, 0, 1],
+            [0, 2, 2, 1],
+            [0, 2, 2, 1],
+            [0, 3, 3, 1],
+        ]
+    )
+    inner = CropWindow(x0=8, y0=8, side=16)  # all four sides inside a 64 px image
+    kept, discarded = complete_subregions([labels], inner, image_size=64)
+    assert discarded == 3 and len(kept) == 1
+    np.testing.assert_array_equal(kept[0], labels == 2)
+    corner = CropWindow(x0=48, y0=48, side=16)  # right and bottom sides on the image border
+    kept, discarded = complete_subregions([labels, labels], corner, image_size=64)
+    # label 0 touches the inner top/left sides; 1 touches the inner top; 2 and 3 are complete
+    assert discarded == 4
+    assert [m.tolist() for m in kept] == [(labels == 2).tolist(), (labels == 3).tolist()]  # deduplicated
+
+
+def test_paste_grid_mask_is_nearest_upsampling() -> None:
+    grid_mask = np.random.default_rng(0).random((4, 4)) > 0.5
+    window = CropWindow(x0=8, y0=16, side=8)
+    full = paste_grid_mask(grid_mask, window, image_size=32)
+    expected = np.zeros((32, 32), dtype=bool)
+    expected[16:24, 8:16] = np.kron(grid_mask, np.ones((2, 2), dtype=bool))
+    np.testing.assert_array_equal(full, expected)
+
+
+def _image_with_squares() -> tuple[np.ndarray, list[np.ndarray]]:
+    image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    squares = []
+    for (y, x), color in (((24, 24), (255, 0, 0)), ((0, 56), (0, 0, 255))):
+        image[y : y + 8, x : x + 8] = color
+        mask = np.zeros((64, 64), dtype=bool)
+        mask[y : y + 8, x : x + 8] = True
+        squares.append(mask)
+    return image, squares
+
+
+def test_small_entities_are_rediscovered_in_local_crops() -> None:
+    image, squares = _image_with_squares()
+    config = SelfExplorationConfig(image_size=64, local_crop_size=64, small_region_area_ratio=1 / 32)
+    extractor = ColorFeatures()
+    # The small regions as step 1 would give them: here, boxes a bit larger than each square.
+    small = []
+    for square in squares:
+        grown = cv2.dilate(square.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        small.append(encode_mask(grown))
+    result = local_recluster(image, small, extractor, config)
+    assert extractor.calls == [2]  # both crops in one backbone batch
+    assert result.num_crops == 2
+    found = sorted((decode_mask(m) for m in result.masks), key=lambda m: int(np.argmax(m.any(axis=0))))
+    # the centre square is complete in its crop; the corner one touches only image-border sides;
+    # the gray background touches inner crop sides in both crops and is discarded
+    assert len(found) == 2
+    np.testing.assert_array_equal(found[0], squares[0])
+    np.testing.assert_array_equal(found[1], squares[1])
+    assert result.num_discarded > 0
+
+
+def test_no_small_regions_and_bad_crop_size() -> None:
+    image, _ = _image_with_squares()
+    config = SelfExplorationConfig(image_size=64, local_crop_size=64)
+    result = local_recluster(image, [], ColorFeatures(), config)
+    assert result.masks == [] and result.num_crops == 0
+    with pytest.raises(ValueError, match="local_crop_size"):
+        local_recluster(image, [], ColorFeatures(), SelfExplorationConfig(image_size=64, local_crop_size=60))
