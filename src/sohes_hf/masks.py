@@ -334,7 +334,7 @@ def _pair_of_lists(
     rles_a: Sequence[Mapping[str, Any]], rles_b: Sequence[Mapping[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     coco_a = _to_coco_list(rles_a, "rles_a")
-    coco_b = _to_coco_list(rles_b, "rles_b")
+    coco_b = coco_a if rles_b is rles_a else _to_coco_list(rles_b, "rles_b")  # self-overlap: check once
     if coco_a and coco_b and _common_size(coco_a, "rles_a") != _common_size(coco_b, "rles_b"):
         raise ValueError(
             f"rles_a and rles_b have different sizes: {coco_a[0]['size']} vs {coco_b[0]['size']}"
