@@ -35,7 +35,10 @@ def test_dict_and_directory_round_trip(tmp_path: Path) -> None:
     assert SohesConfig.from_dict(as_dict).to_dict() == as_dict
     config.save_pretrained(tmp_path)
     loaded = SohesConfig.from_pretrained(tmp_path)
-    assert loaded.to_dict() == as_dict
+    # Saving writes `auto_map` (sohes_hf.modeling registers the classes for remote code).
+    reloaded = loaded.to_dict()
+    assert reloaded.pop("auto_map") == {"AutoConfig": "configuration_sohes.SohesConfig"}
+    assert reloaded == as_dict
     assert isinstance(loaded.backbone_config, ViTConfig)
     assert loaded.backbone_config.hidden_size == 64
 

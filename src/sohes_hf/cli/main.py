@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "sohes_hf.cli.convert",
         "convert an original DINO .pth checkpoint to a transformers ViTModel directory",
     ),
+    "train": (
+        "sohes_hf.cli.train",
+        "train the model: self-instruction (phase 2) or self-correction (phase 3)",
+    ),
     "data": ("sohes_hf.cli.data", "prepare evaluation splits and pseudo-label stores"),
     "evaluate": (
         "sohes_hf.cli.evaluate",

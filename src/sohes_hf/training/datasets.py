@@ -1,0 +1,247 @@
+"""Training datasets for phases 2 and 3: images + pseudo-label masks + ancestor matrices.
+
+Images come from the data layer's sources (a folder, list file or SA-1B ``.tar`` packs, see
+:mod:`sohes_hf.data.image_sources`); pseudo-labels from a pseudo-label store (COCO JSON shards or
+the Parquet store of :mod:`sohes_hf.data.pseudo_label_store`), joined on ``file_name``.
+
+Indexing is by *stream position*, not image index: position p of stream s is image
+``perm(seed, s, epoch)[p mod N]`` with ``epoch = p // N``, and its augmentation is drawn from a
+generator seeded with (seed, s, p). Data order and augmentations are therefore a pure function of
+the seed and the number of samples consumed, which is what lets ``--resume`` continue bit-for-bit
+(the sampler restarts at the consumed position; no worker RNG is involved). Map-style access is
+required for that, so the SA-1B tars are read by member, not streamed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sohes_hf.data.image_sources import ImageEntry, ImageReader, list_images
+from sohes_hf.data.pseudo_label_store import PseudoLabelStore, open_pseudo_label_store, targets_for_image
+from sohes_hf.logging_utils import get_logger
+from sohes_hf.masks import decode_masks
+from sohes_hf.modeling.targets import ancestor_matrix, validate_parents
+from sohes_hf.training.augmentation import (
+    AugmentedSample,
+    copy_paste,
+    normalize_image,
+    strong_augmentation,
+    weak_augmentation,
+)
+from sohes_hf.training.collate import SelfCorrectionExample, TrainingExample
+from sohes_hf.training.config import AugmentationConfig
+
+logger = get_logger(__name__)
+
+_INITIAL_STREAM = 0
+_TEACHER_STREAM = 1
+_COPY_PASTE_STREAM = 2
+
+
+@dataclass
+class LabelledImage:
+    """One decoded training image with its pseudo-labels.
+
+    Attributes:
+        image: (3, H, W) float32 RGB in [0, 1].
+        masks: (M, H, W) bool at the image size.
+        parents: (M,) int64 direct-parent indices, -1 for roots.
+    """
+
+    image: torch.Tensor
+    masks: torch.Tensor
+    parents: torch.Tensor
+
+
+class PseudoLabelledImages:
+    """Random access to images joined with their pseudo-labels.
+
+    Args:
+        train_annotations: pseudo-label COCO JSON file(s)/folder or a ``.parquet`` store.
+        image_root: folder, list file or SA-1B ``.tar`` pack(s) (several joined with ``os.pathsep``).
+        require_labels: skip images without any pseudo-label mask (they teach only "no object").
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: no image of ``image_root`` has pseudo-labels.
+    """
+
+    def __init__(self, train_annotations: str, image_root: str, require_labels: bool = True) -> None:
+        roots = [p for p in str(image_root).split(os.pathsep) if p]
+        for root in roots:
+            if not os.path.exists(root):
+                raise FileNotFoundError(f"image_root not found: {root}")
+        if not roots:
+            raise ValueError("image_root must name a folder, list file or SA-1B tar pack")
+        self.store: PseudoLabelStore = open_pseudo_label_store(train_annotations)
+        entries: list[tuple[ImageEntry, int]] = []
+        for entry in list_images(roots):
+            image_id = self.store.image_id_for_file_name(entry.file_name)
+            if image_id is not None:
+                entries.append((entry, image_id))
+        if require_labels:
+            entries = [(e, i) for e, i in entries if self._num_labels(i) > 0]
+        if not entries:
+            raise ValueError(
+                f"no image under image_root={image_root!r} has pseudo-labels in {train_annotations!r} "
+                "(images are joined on file_name)"
+            )
+        self.entries = entries
+        self._reader: ImageReader | None = None
+        logger.info("training on %d pseudo-labelled images", len(entries))
+
+    def _num_labels(self, image_id: int) -> int:
+        labels = self.store.get(image_id)
+        return 0 if labels is None else len(labels.labels)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, index: int) -> LabelledImage:
+        """Decodes image ``index`` and its masks.
+
+        Raises:
+            ValueError: the pseudo-label masks do not have the image's size.
+        """
+        entry, image_id = self.entries[index]
+        if self._reader is None:  # opened lazily so every data-loader worker has its own
+            self._reader = ImageReader()
+        pixels = self._reader.read(entry)
+        height, width = pixels.shape[:2]
+        labels = self.store.get(image_id)
+        if labels is None:
+            raise ValueError(f"image {entry.file_name}: no pseudo-labels")
+        targets = targets_for_image(labels.labels)
+        for number, rle in enumerate(targets["masks"]):
+            if [int(v) for v in rle["size"]] != [height, width]:
+                raise ValueError(
+                    f"image {entry.file_name}: pseudo-label {number} has size {rle['size']}, image is "
+                    f"{[height, width]}"
+                )
+        masks = decode_masks(targets["masks"], height, width)
+        parents = validate_parents(
+            targets["parents"], len(targets["masks"]), name=f"{entry.file_name} parents"
+        )
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
+        return LabelledImage(image, torch.from_numpy(masks), torch.from_numpy(parents))
+
+
+def _generator(seed: int, stream: int, position: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, stream, position]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class _PositionStream:
+    """Maps a stream position to an image index: one fresh permutation per epoch."""
+
+    def __init__(self, num_images: int, seed: int, stream: int) -> None:
+        self.num_images = num_images
+        self.seed = seed
+        self.stream = stream
+        self._epoch = -1
+        self._permutation = np.arange(num_images)
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_images)
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, self.stream, epoch])
+            self._permutation = rng.permutation(self.num_images)
+            self._epoch = epoch
+        return int(self._permutation[offset])
+
+
+def _to_example(sample: AugmentedSample, config: AugmentationConfig) -> TrainingExample:
+    parents = sample.parents.numpy()
+    return TrainingExample(
+        pixel_values=normalize_image(sample.image, sample.valid, config.image_mean, config.image_std),
+        pixel_mask=sample.valid.long(),
+        mask_labels=sample.masks,
+        class_labels=torch.zeros(sample.masks.shape[0], dtype=torch.long),
+        ancestor_labels=torch.from_numpy(ancestor_matrix(parents).astype(np.float32)),
+    )
+
+
+class _AugmentingDataset(Dataset):
+    def __init__(self, images: PseudoLabelledImages, config: AugmentationConfig, seed: int) -> None:
+        config.validate()
+        self.images = images
+        self.config = config
+        self.seed = seed
+        self._streams = {s: _PositionStream(len(images), seed, s) for s in (_INITIAL_STREAM, _TEACHER_STREAM)}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _jitter(self, image: LabelledImage, generator: torch.Generator) -> AugmentedSample:
+        return weak_augmentation(image.image, image.masks, image.parents, self.config, generator)
+
+    def _initial_sample(self, position: int, photometric: bool) -> AugmentedSample:
+        """strong/standard view of stream-0 image at ``position``: LSJ, flip, copy-paste."""
+        c = self.config
+        generator = _generator(self.seed, _INITIAL_STREAM, position)
+        index = self._streams[_INITIAL_STREAM].index(position)
+        sample = self._jitter(self.images.load(index), generator)
+        if len(self.images) > 1 and float(torch.rand((), generator=generator)) < c.copy_paste_probability:
+            other = int(torch.randint(0, len(self.images) - 1, (), generator=generator))
+            other += int(other >= index)  # any image but this one
+            paste_generator = _generator(self.seed, _COPY_PASTE_STREAM, position)
+            source = self._jitter(self.images.load(other), paste_generator)
+            sample = copy_paste(sample, source, c.max_pasted_objects, paste_generator, c.min_mask_area)
+        if photometric:
+            sample = strong_augmentation(sample, c, generator)
+        return sample
+
+
+class SelfInstructionDataset(_AugmentingDataset):
+    """Phase 2 examples: LSJ + flip + copy-paste of the initial pseudo-labels (sections 3.2, E).
+
+    ``dataset[p]`` is stream position p (see module doc); any non-negative p is valid, so
+    ``len(dataset)`` is the number of distinct images, not an upper bound on positions.
+    """
+
+    def __getitem__(self, position: int) -> TrainingExample:
+        if position < 0:
+            raise IndexError(f"stream position must be >= 0, got {position}")
+        return _to_example(self._initial_sample(position, photometric=False), self.config)
+
+
+class SelfCorrectionDataset(_AugmentingDataset):
+    """Phase 3 examples (eq. 2): strong(I1) + initial labels, and weak/strong views of I2.
+
+    I1 and I2 come from two independent permutations of the images. weak(I2) is large-scale
+    jitter + flip; strong(I2) is weak(I2) plus photometric augmentation, the same geometry, so the
+    teacher's masks on weak(I2) are labels for strong(I2) as they are. strong(I1) is LSJ + flip +
+    copy-paste + photometric.
+    """
+
+    def __getitem__(self, position: int) -> SelfCorrectionExample:
+        if position < 0:
+            raise IndexError(f"stream position must be >= 0, got {position}")
+        c = self.config
+        initial = _to_example(self._initial_sample(position, photometric=True), c)
+        generator = _generator(self.seed, _TEACHER_STREAM, position)
+        index = self._streams[_TEACHER_STREAM].index(position)
+        weak = self._jitter(self.images.load(index), generator)
+        strong = strong_augmentation(weak, c, generator)
+        return SelfCorrectionExample(
+            initial=initial,
+            weak_pixel_values=normalize_image(weak.image, weak.valid, c.image_mean, c.image_std),
+            strong_pixel_values=normalize_image(strong.image, weak.valid, c.image_mean, c.image_std),
+            pixel_mask=weak.valid.long(),
+        )
+
+
+def stream_positions(start: int, stop: int) -> Sequence[int]:
+    """The sampler of the training data loader: stream positions ``start .. stop - 1``.
+
+    Resuming after ``k`` optimizer steps restarts at ``k x global batch size``.
+    """
+    if not 0 <= start <= stop:
+        raise ValueError(f"stream positions need 0 <= start <= stop, got {start}, {stop}")
+    return range(start, stop)

@@ -1,0 +1,89 @@
+"""The training record written next to the final model (``training_record.json``).
+
+Its keys are a cross-team contract (COMMON.md): the model card reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sohes_hf import __version__
+
+TRAINING_RECORD_NAME = "training_record.json"
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with seconds (e.g. ``2026-11-25T08:00:00+00:00``)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class TrainingRecord:
+    """What a training run did, for the model card.
+
+    Attributes:
+        phase: "self-instruction" or "self-correction".
+        steps: optimizer steps completed.
+        global_batch_size: images per optimizer step over all processes (per loss term in phase 3).
+        learning_rate: peak learning rate after batch-size scaling.
+        optimizer: e.g. "Adan(betas=(0.98, 0.92, 0.99), weight_decay=0.05)".
+        ema_momentum: the EMA teacher's m (phase 3), None for phase 2.
+        train_data: the pseudo-label file and image root the run read.
+        num_train_images: distinct pseudo-labelled images.
+        seed: the run's seed.
+        sohes_hf_version: package version.
+        started_at, finished_at: ISO 8601 UTC times.
+        final_loss: the last logged total training loss (mean over the last logging window).
+    """
+
+    phase: str
+    steps: int
+    global_batch_size: int
+    learning_rate: float
+    optimizer: str
+    ema_momentum: float | None
+    train_data: str
+    num_train_images: int
+    seed: int
+    started_at: str
+    finished_at: str
+    final_loss: float
+    sohes_hf_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the contract."""
+        return dataclasses.asdict(self)
+
+
+def write_training_record(record: TrainingRecord, directory: str | os.PathLike[str]) -> str:
+    """Writes ``training_record.json`` into ``directory`` atomically; returns its path."""
+    path = os.path.join(directory, TRAINING_RECORD_NAME)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record.to_dict(), handle, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def read_training_record(path: str | os.PathLike[str]) -> TrainingRecord:
+    """Reads a ``training_record.json`` (file or the folder holding it).
+
+    Raises:
+        FileNotFoundError: no record there.
+        ValueError: missing or unknown keys.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, TRAINING_RECORD_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"training record not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    names = {f.name for f in dataclasses.fields(TrainingRecord)}
+    if set(data) != names:
+        raise ValueError(f"{path}: keys {sorted(data)} differ from the contract {sorted(names)}")
+    return TrainingRecord(**data)
