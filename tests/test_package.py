@@ -19,18 +19,14 @@ def test_import_is_cheap_and_names_are_lazy() -> None:
     assert out.startswith("False False")
 
 
-def test_public_names_register_with_transformers() -> None:
+def test_public_names_resolve_and_register_with_transformers() -> None:
     out = _run(
         "import sohes_hf\n"
         "from transformers import AutoConfig\n"
         "from transformers.pipelines import PIPELINE_REGISTRY\n"
         "model_class = sohes_hf.SohesForHierarchicalSegmentation\n"
+        "resolved = all(getattr(sohes_hf, name) is not None for name in sohes_hf.__all__)\n"
         "print(type(AutoConfig.for_model('sohes')).__name__, "
-        "'hierarchical-segmentation' in PIPELINE_REGISTRY.get_supported_tasks(), model_class.__name__)"
+        "'hierarchical-segmentation' in PIPELINE_REGISTRY.get_supported_tasks(), model_class.__name__, resolved)"
     )
-    assert out.split() == ["SohesConfig", "True", "SohesForHierarchicalSegmentation"]
-
-
-def test_every_public_name_resolves() -> None:
-    out = _run("import sohes_hf\nprint(all(getattr(sohes_hf, n) is not None for n in sohes_hf.__all__))")
-    assert out.strip() == "True"
+    assert out.split() == ["SohesConfig", "True", "SohesForHierarchicalSegmentation", "True"]
