@@ -26,7 +26,7 @@ def test_public_names_resolve_and_register_with_transformers() -> None:
         "from transformers.pipelines import PIPELINE_REGISTRY\n"
         "model_class = sohes_hf.SohesForHierarchicalSegmentation\n"
         "resolved = all(getattr(sohes_hf, name) is not None for name in sohes_hf.__all__)\n"
-        "print(type(AutoConfig.for_model('sohes')).__name__, "
-        "'hierarchical-segmentation' in PIPELINE_REGISTRY.get_supported_tasks(), model_class.__name__, resolved)"
+        "task_known = 'hierarchical-segmentation' in PIPELINE_REGISTRY.get_supported_tasks()\n"
+        "print(type(AutoConfig.for_model('sohes')).__name__, task_known, model_class.__name__, resolved)"
     )
     assert out.split() == ["SohesConfig", "True", "SohesForHierarchicalSegmentation", "True"]
