@@ -39,9 +39,7 @@ Entities may be given as the pipeline's dicts (``mask`` as RLE or bool array) or
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from sohes_hf.atomic_io import write_json_atomic
 from sohes_hf.masks import decode_mask, encode_mask, mask_areas, mask_boxes_xywh, normalize_rle
 
 SAM_OUTPUT_MODES = ("coco_rle", "uncompressed_rle", "binary_mask")
@@ -279,31 +278,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Writes ``data`` to ``path`` through a temporary file and ``os.replace``; returns the path.
-
-    A reader never sees a half-written file, and an interrupted run leaves the old file intact.
-    The file gets the usual permissions (0o666 minus the umask), not ``mkstemp``'s 0o600.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
-
-
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Writes ``payload`` as JSON atomically (see :func:`write_bytes_atomic`); returns the path.
 
     numpy arrays and scalars are converted (a ``binary_mask`` segmentation becomes nested lists).
     """
-    return write_bytes_atomic(path, json.dumps(payload, default=_json_default).encode("utf-8"))
+    return write_json_atomic(path, payload, indent=None, default=_json_default)

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from sohes_hf.exporters import write_bytes_atomic
+from sohes_hf.atomic_io import write_bytes_atomic
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)

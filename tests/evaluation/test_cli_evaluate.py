@@ -305,8 +305,9 @@ def test_model_predictions_are_evaluated_and_saved(
 
 
 def test_table_layout_and_atomic_json(tmp_path: Path) -> None:
+    from sohes_hf.atomic_io import write_json_atomic
     from sohes_hf.evaluation import evaluate_class_agnostic
-    from sohes_hf.evaluation.results_table import format_ar_row, format_results_table, write_json_atomic
+    from sohes_hf.evaluation.results_table import format_ar_row, format_results_table
 
     mask = np.zeros((1, SIZE, SIZE), bool)
     mask[0, :10, :20] = True  # 200 px: small only, so AR_M and AR_L are undefined

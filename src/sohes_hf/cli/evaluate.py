@@ -78,14 +78,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluates every dataset, prints the tables, writes ``--output``; returns the exit code."""
+    from sohes_hf.atomic_io import write_json_atomic
     from sohes_hf.cli.main import CliError
     from sohes_hf.evaluation.coco_eval import evaluate_class_agnostic
-    from sohes_hf.evaluation.results_table import (
-        format_ar_row,
-        format_results_table,
-        results_to_json,
-        write_json_atomic,
-    )
+    from sohes_hf.evaluation.results_table import format_ar_row, format_results_table, results_to_json
 
     specs = _parse_datasets(args.dataset)
     prediction_files = _pair_predictions(args.predictions, specs) if args.predictions else {}
@@ -374,7 +370,7 @@ def _predict(
                 )
             progress.update(len(chunk))
     if args.save_predictions is not None:
-        from sohes_hf.evaluation.results_table import write_json_atomic
+        from sohes_hf.atomic_io import write_json_atomic
 
         path = write_json_atomic(args.save_predictions / f"{name}.predictions.json", results)
         logger.info("%s: wrote %d predictions to %s", name, len(results), path)

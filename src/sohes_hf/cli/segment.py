@@ -97,7 +97,8 @@ def _check_image_file(image: str) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, image: str, entities: list[dict[str, Any]]) -> Path:
-    from sohes_hf.exporters import to_sam_records, write_bytes_atomic, write_json
+    from sohes_hf.atomic_io import write_bytes_atomic
+    from sohes_hf.exporters import to_sam_records, write_json
     from sohes_hf.pipelines import load_image_input
     from sohes_hf.visualization import (
         as_rgb_image,

@@ -11,9 +11,6 @@ integers or existing local names, never from archive member names.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from sohes_hf.atomic_io import write_bytes_atomic, write_json_atomic
 from sohes_hf.data.coco_datasets import ENTITY_CATEGORY
 from sohes_hf.data.sa1b import DEFAULT_MAX_IMAGE_PIXELS, ReadReport, iter_sa1b_records
 from sohes_hf.logging_utils import get_logger
@@ -44,21 +42,6 @@ class ConversionSummary:
     num_images: int
     num_annotations: int
     report: ReadReport | None = None
-
-
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    _write_bytes_atomically(path, json.dumps(data).encode("utf-8"))
 
 
 def make_sa1b_eval_split(
@@ -94,7 +77,7 @@ def make_sa1b_eval_split(
     for record in tqdm(records, total=num_images, desc="SA-1B split", unit=" images"):
         image = record.image
         file_name = f"sa_{int(image.image_id)}.jpg"
-        _write_bytes_atomically(image_dir / file_name, image.image_bytes)
+        write_bytes_atomic(image_dir / file_name, image.image_bytes)
         images.append(
             {"id": image.image_id, "file_name": file_name, "width": image.width, "height": image.height}
         )
@@ -115,7 +98,7 @@ def make_sa1b_eval_split(
     if not images:
         raise ValueError(f"pack {pack} yielded no valid image ({report.total_skipped} items skipped)")
     annotation_file = output_dir / "annotations.json"
-    _write_json_atomically(
+    write_json_atomic(
         annotation_file,
         {
             "info": {
@@ -186,7 +169,7 @@ def ade20k_instances_to_coco(
                 }
             )
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomically(
+    write_json_atomic(
         output_file,
         {
             "info": {"description": f"ADE20K instances from {instance_dir}, class-agnostic"},

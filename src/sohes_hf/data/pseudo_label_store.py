@@ -23,8 +23,6 @@ Self-exploration writes COCO JSON shards (contract in COMMON.md): ``images`` wit
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sohes_hf.atomic_io import atomic_path
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -277,18 +276,12 @@ def convert_pseudo_labels(
         raise ValueError(f"rows_per_group must be positive, got {rows_per_group}")
     table = _labels_table(paths)
     output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(output) as temporary:
         if output.suffix == ".parquet":
-            pq.write_table(table, temporary, row_group_size=rows_per_group)
+            pq.write_table(table, str(temporary), row_group_size=rows_per_group)
         else:
-            with pa.OSFile(temporary, "wb") as sink, pa.ipc.new_file(sink, _TABLE_SCHEMA) as writer:
+            with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, _TABLE_SCHEMA) as writer:
                 writer.write_table(table, max_chunksize=rows_per_group)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     logger.info("wrote pseudo-labels of %d images to %s", table.num_rows, output)
     return int(table.num_rows)
 

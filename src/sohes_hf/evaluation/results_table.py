@@ -7,12 +7,8 @@ undefined values (NaN: no ground truth in that range) print as "-". JSON keeps f
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from sohes_hf.evaluation.coco_eval import EvaluationResult
@@ -50,25 +46,3 @@ def format_ar_row(results: Mapping[str, EvaluationResult], row_name: str = "AR")
 def results_to_json(results: Mapping[str, EvaluationResult], **metadata: Any) -> dict[str, Any]:
     """``{**metadata, "datasets": {name: EvaluationResult.to_dict()}}``: fractions, None if undefined."""
     return {**metadata, "datasets": {name: result.to_dict() for name, result in results.items()}}
-
-
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Writes JSON (any serialisable value) to a temporary file beside ``path``, then renames it.
-
-    A reader never sees a half-written file, and an interrupted run leaves the old one intact.
-    NaN is refused (it is not JSON): convert undefined values to None first.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2, allow_nan=False)
-            stream.write("\n")
-        os.replace(temporary, target)
-    except BaseException:
-        with_suffix = Path(temporary)
-        if with_suffix.exists():
-            with_suffix.unlink()
-        raise
-    return target

@@ -38,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sohes_hf import __version__
+from sohes_hf.atomic_io import write_json_atomic, write_text_atomic
 from sohes_hf.data.image_sources import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageEntry,
@@ -231,11 +232,11 @@ def run_explore_job(
                 if on_image_done is not None:
                     on_image_done(num_done)
     coco, skipped = _assemble(entries, records, header)
-    _write_json_atomic(paths.annotations, coco)
-    _write_json_atomic(paths.skipped, {"skipped": skipped})
+    _write_json(paths.annotations, coco)
+    _write_json(paths.skipped, {"skipped": skipped})
     seconds = time.perf_counter() - start
     summary = _summarize(coco, len(entries), len(skipped), num_resumed, num_done, seconds, paths)
-    _write_json_atomic(paths.summary, summary.to_dict())
+    _write_json(paths.summary, summary.to_dict())
     logger.info(
         "shard %d/%d: %d images (%d skipped), %.1f masks/image, depths %s, %.1f s (%.2f img/s) -> %s",
         job.shard_index,
@@ -306,7 +307,7 @@ def merge_shards(output_dir: str | Path, output_file: str | Path) -> MergeSummar
             merged["parent_id"] = None if ann["parent_id"] is None else new_ids[ann["parent_id"]]
             annotations.append(merged)
     info["num_shards"] = num_shards
-    _write_json_atomic(
+    _write_json(
         Path(output_file),
         {"info": info, "images": images, "categories": CATEGORIES, "annotations": annotations},
     )
@@ -334,9 +335,7 @@ class _Journal:
 
     def __enter__(self) -> _Journal:
         if not self.path.exists() or self.path.stat().st_size == 0:
-            _write_text_atomic(
-                self.path, json.dumps({"type": "header", **self.header}, sort_keys=True) + "\n"
-            )
+            write_text_atomic(self.path, json.dumps({"type": "header", **self.header}, sort_keys=True) + "\n")
         return self
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -512,19 +511,8 @@ def _chunks(items: Sequence[ImageEntry], size: int) -> Iterator[Sequence[ImageEn
         yield items[start : start + size]
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    _write_text_atomic(path, json.dumps(payload, default=_json_default))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Writes via a temporary file in the same folder and ``os.replace`` (never a torn file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def _write_json(path: Path, payload: Any) -> None:
+    write_json_atomic(path, payload, indent=None, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from sohes_hf.atomic_io import write_text_atomic
 from sohes_hf.training.dynamic_threshold import validate_dynamic_threshold_parameters
 
 PHASES = ("self-instruction", "self-correction")
@@ -370,7 +371,4 @@ def load_training_config(
 
 def save_training_config(config: TrainingConfig, path: str | os.PathLike[str]) -> None:
     """Writes the resolved config as YAML atomically (temp file + os.replace)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sohes_hf import __version__
+from sohes_hf.atomic_io import write_json_atomic
 
 TRAINING_RECORD_NAME = "training_record.json"
 
@@ -63,10 +64,7 @@ class TrainingRecord:
 def write_training_record(record: TrainingRecord, directory: str | os.PathLike[str]) -> str:
     """Writes ``training_record.json`` into ``directory`` atomically; returns its path."""
     path = os.path.join(directory, TRAINING_RECORD_NAME)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record.to_dict(), handle, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, record.to_dict())
     return path
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sohes_hf.exporters import EntityRecord, as_entity_records, write_bytes_atomic
+from sohes_hf.atomic_io import write_bytes_atomic
+from sohes_hf.exporters import EntityRecord, as_entity_records
 from sohes_hf.masks import decode_mask
 
 DEPTH_NAMES = ("wholes", "parts", "subparts")
