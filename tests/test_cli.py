@@ -84,3 +84,17 @@ def test_log_records_follow_the_current_stderr(capsys: pytest.CaptureFixture[str
     configure_logging("INFO")
     logging.getLogger("sohes_hf.test").info("hello from the library")
     assert "hello from the library" in capsys.readouterr().err
+
+
+def test_device_check_names_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from sohes_hf.cli.arguments import check_device
+
+    check_device(None)
+    check_device("cpu")
+    with pytest.raises(cli.CliError, match=r"--device: unknown device 'gpu'; accepted values: cpu, cuda"):
+        check_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(cli.CliError, match="cuda:1 requested but CUDA is not available"):
+        check_device("cuda:1")

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sohes_hf.cli.arguments import check_device
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -198,14 +199,7 @@ def _check_options(args: argparse.Namespace, specs: Sequence[DatasetSpec]) -> No
         return
     if args.batch_size < 1:
         raise CliError(f"--batch-size: must be a positive integer, got {args.batch_size}")
-    device = str(args.device)
-    if not (device in ("cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise CliError(f"--device: unknown device {device!r}; accepted values: cpu, cuda, cuda:N, mps")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CliError(f"--device: {device} requested but CUDA is not available; use --device cpu")
+    check_device(str(args.device))
     if not 0.0 <= args.threshold <= 1.0:
         raise CliError(f"--threshold: must lie in [0, 1], got {args.threshold}")
     without_root = [spec.name for spec in specs if spec.image_root is None]

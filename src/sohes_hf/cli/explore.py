@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sohes_hf.cli.arguments import check_device
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -141,6 +142,7 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
     for image_input in args.images:
         if not Path(image_input).exists():
             raise cli_error(f"IMAGES: {image_input} does not exist")
+    check_device(args.device)
     num_shards, shard_index, device = _resolve_shard(args, cli_error)
     try:
         exploration = SelfExplorationConfig(

@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any, cast
 
+from sohes_hf.cli.arguments import check_device
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -60,14 +61,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--max-instances: must be a positive integer, got {args.max_instances}")
     if args.batch_size < 1:
         raise CliError(f"--batch-size: must be a positive integer, got {args.batch_size}")
-    device = str(args.device)
-    if not (device in ("cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise CliError(f"--device: unknown device {device!r}; accepted values: cpu, cuda, cuda:N, mps")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CliError(f"--device: {device} requested but CUDA is not available; use --device cpu")
+    check_device(str(args.device))
     if args.output.exists() and not args.output.is_dir():
         raise CliError(f"--output: {args.output} exists and is not a directory")
     stems: dict[str, str] = {}
