@@ -346,3 +346,37 @@ def test_saved_directory_loads_as_remote_code(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_push_to_hub_uploads_the_sohes_model_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline: the Hub calls are replaced, the uploaded folder is inspected."""
+    import json
+
+    import transformers.utils.hub as hub
+
+    model = SohesForHierarchicalSegmentation(tiny_sohes_config())
+    model.save_pretrained(tmp_path / "trained")
+    record = {"phase": "self-correction", "steps": 123, "global_batch_size": 8, "learning_rate": 4e-4}
+    (tmp_path / "trained" / "training_record.json").write_text(json.dumps(record))
+    loaded = SohesForHierarchicalSegmentation.from_pretrained(tmp_path / "trained")
+
+    class FakeApi:
+        def create_repo(self, repo_id: str, **kwargs: object) -> object:
+            return type("Repo", (), {"repo_id": repo_id})()
+
+    uploaded: dict[str, str] = {}
+
+    def fake_upload(self: object, work_dir: str, repo_id: str, **kwargs: object) -> str:
+        for name in os.listdir(work_dir):
+            uploaded[name] = name
+        uploaded["README"] = Path(work_dir, "README.md").read_text()
+        return repo_id
+
+    monkeypatch.setattr(hub, "hf_api", lambda: FakeApi())
+    monkeypatch.setattr(type(loaded), "_upload_modified_files", fake_upload)
+    loaded.push_to_hub("someone/sohes-tiny", evaluation={"SA-1B": {"AR": 33.3}})
+    assert {"config.json", "model.safetensors", "training_record.json", "README.md"} <= set(uploaded)
+    card = uploaded["README"]
+    assert "someone/sohes-tiny" in card
+    assert "self-correction" in card and "123" in card
+    assert "33.3" in card

@@ -250,6 +250,61 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
         logger.info("initialised the ViT backbone from %s", backbone_id_or_path)
         return model
 
+    def push_to_hub(  # type: ignore[override]
+        self,
+        repo_id: str,
+        *,
+        training_record: dict[str, Any] | None = None,
+        evaluation: dict[str, dict[str, Any]] | None = None,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        max_shard_size: int | str = "50GB",
+        create_pr: bool = False,
+        revision: str | None = None,
+        commit_description: str | None = None,
+    ) -> Any:
+        """Uploads the model with a SOHES model card instead of transformers' generic one.
+
+        The card (``sohes_hf.model_card``) describes the architecture from the config, the
+        training recipe and data from ``training_record`` (default: the ``training_record.json``
+        of the directory the model was loaded from, if any), the evaluation table from
+        ``evaluation`` (``{dataset: {"AP", "AR_S", "AR_M", "AR_L", "AR"}}`` in percent), the
+        limitations of paper appendix E, license and citation.
+        """
+        import json
+        import tempfile
+
+        from transformers.utils.hub import hf_api
+
+        try:  # inside try: transformers' remote-code import check then does not require the package
+            from sohes_hf.model_card import save_model_card
+        except ImportError as error:
+            raise ImportError("push_to_hub writes the SOHES model card: pip install sohes-hf") from error
+
+        if training_record is None:
+            record_path = os.path.join(str(self.config._name_or_path or ""), "training_record.json")
+            if os.path.isfile(record_path):
+                with open(record_path, encoding="utf-8") as handle:
+                    training_record = json.load(handle)
+        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as work_dir:
+            self.save_pretrained(work_dir, max_shard_size=max_shard_size)
+            if training_record is not None:
+                with open(os.path.join(work_dir, "training_record.json"), "w", encoding="utf-8") as handle:
+                    json.dump(training_record, handle, indent=2)
+            save_model_card(work_dir, self.config, training_record, evaluation, model_id=repo_id)
+            return self._upload_modified_files(
+                work_dir,
+                repo_id,
+                files_timestamps={},
+                commit_message=commit_message,
+                token=token,
+                create_pr=create_pr,
+                revision=revision,
+                commit_description=commit_description,
+            )
+
     def forward(
         self,
         pixel_values: torch.Tensor,

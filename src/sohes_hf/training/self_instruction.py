@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sohes_hf.logging_utils import get_logger
+from sohes_hf.model_card import save_model_card
 from sohes_hf.modeling import SohesConfig, SohesForHierarchicalSegmentation
 from sohes_hf.training.checkpointing import (
     TrainerState,
@@ -384,6 +385,7 @@ class SelfInstructionTrainer:
             ).save_pretrained(model_dir)
             save_training_config(config, os.path.join(model_dir, RESOLVED_CONFIG_NAME))
             write_training_record(record, model_dir)
+            save_model_card(model_dir, accelerator.unwrap_model(model).config, record.to_dict())
             logger.info("saved the %s model to %s", self.phase, model_dir)
         accelerator.wait_for_everyone()
         accelerator.end_training()
