@@ -2,13 +2,16 @@
 
 Run: ``python benchmarks/benchmark_merge.py [--repeats 5]``
 
-A 1024 x 1024 image gives DINO ViT-B/8 a 128 x 128 grid of 768-d patch features. Two synthetic
-grids stand in for it: gaussian-smoothed noise, and "segments" (a Voronoi partition into 60
-pieces, each with its own random mean feature, plus smoothed noise), which merges more like
-real features do. The six thresholds of appendix A are used. The numba kernel runs on one
-thread (``NUMBA_NUM_THREADS=1``; the kernel has no parallel loops anyway); times are taken after
-a warm-up call (the first call compiles or loads the cached machine code). CPU time is printed
-next to wall time because a shared machine inflates the latter.
+A 1024 x 1024 image gives DINO ViT-B/8 a 128 x 128 grid of 768-d patch features. Three synthetic
+grids stand in for it: gaussian-smoothed noise, "segments" (a Voronoi partition into 60
+pieces, each with its own random mean feature, plus smoothed noise), and "flat segments" (the
+same pieces with weak white noise, like flat image areas: each piece is grown by one region
+absorbing patches one by one, so regions have long boundaries; this is the case the lazily
+evaluated similarity bounds of ``merge.py`` are for). The six thresholds of appendix A are
+used. The numba kernel runs on one thread (``NUMBA_NUM_THREADS=1``; the kernel has no parallel
+loops anyway); times are taken after a warm-up call (the first call compiles or loads the
+cached machine code). CPU time is printed next to wall time because a shared machine inflates
+the latter.
 
 It also times a straightforward quadratic implementation (one full scan of the edges per
 merge, as in the paper's description and HASSOD's ``hier_cluster.py``) on a 24 x 24 grid,
@@ -48,6 +51,16 @@ def segments(size: int, channels: int, seed: int = 0, num_segments: int = 60) ->
     owner = distances.argmin(axis=-1)
     means = rng.standard_normal((num_segments, channels)).astype(np.float32)
     return means[owner] + 0.8 * smooth_noise(size, channels, seed + 1, sigma=1.5)
+
+
+def flat_segments(size: int, channels: int, seed: int = 0, num_segments: int = 60) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, size, (num_segments, 2))
+    yy, xx = np.mgrid[:size, :size]
+    distances = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
+    owner = distances.argmin(axis=-1)
+    means = rng.standard_normal((num_segments, channels)).astype(np.float32)
+    return means[owner] + 0.15 * rng.standard_normal((size, size, channels)).astype(np.float32)
 
 
 def _dot(x: np.ndarray, y: np.ndarray) -> float:
@@ -126,11 +139,16 @@ def main() -> None:
     agglomerative_merge(smooth_noise(8, 8), thresholds)
     print(f"first call (compile or load cached code): {time.perf_counter() - start:.2f} s")
 
-    for name, grid in (("smooth noise", smooth_noise(128, 768)), ("segments", segments(128, 768))):
+    grids = (
+        ("smooth noise", smooth_noise(128, 768)),
+        ("segments", segments(128, 768)),
+        ("flat segments", flat_segments(128, 768)),
+    )
+    for name, grid in grids:
         maps = agglomerative_merge(grid, thresholds)
         wall, cpu = _time(lambda grid=grid: agglomerative_merge(grid, thresholds), args.repeats)
         print(
-            f"128x128x768 {name:12s}: median {statistics.median(wall) * 1e3:6.1f} ms wall "
+            f"128x128x768 {name:13s}: median {statistics.median(wall) * 1e3:6.1f} ms wall "
             f"(best {min(wall) * 1e3:6.1f}), median {statistics.median(cpu) * 1e3:6.1f} ms CPU; "
             f"regions per threshold {[int(m.max()) + 1 for m in maps]}"
         )

@@ -48,8 +48,10 @@ def reference_merge(features: np.ndarray, thresholds: list[float]) -> list[np.nd
     edges: dict[tuple[int, int], tuple[float, int]] = {}  # (a, b) -> (similarity, creation rank)
     rank = 0
     for p in range(height * width):
-        for q in (p + 1, p + width):
-            if (q == p + 1 and q % width == 0) or q >= height * width:
+        right = p + 1 if (p % width) + 1 < width else None
+        down = p + width if p + width < height * width else None
+        for q in (right, down):  # raster order: right edge before down edge
+            if q is None:
                 continue
             edges[(p, q)] = (_cosine(vector[p], norm[p], vector[q], norm[q]), rank)
             rank += 1
@@ -104,6 +106,7 @@ THRESHOLDS = [0.95, 0.9, 0.8, 0.6, 0.4, 0.2, 0.0]
         (4, 10, 14, 24),
         (5, 1, 12, 8),
         (6, 9, 10, 130),
+        (7, 12, 1, 8),
     ],
 )
 def test_matches_quadratic_reference_on_smooth_grids(

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sohes_hf.logging_utils import get_logger
-from sohes_hf.masks import encode_mask, mask_boxes_xywh
+from sohes_hf.masks import mask_boxes_xywh, normalize_rle
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.merge import agglomerative_merge
 
@@ -151,6 +151,41 @@ def paste_grid_mask(grid_mask: np.ndarray, window: CropWindow, image_size: int) 
     return full
 
 
+def window_rle(grid_mask: np.ndarray, window: CropWindow, image_size: int) -> dict[str, Any] | None:
+    """COCO RLE of :func:`paste_grid_mask` computed from the (g, g) grid, or None if empty.
+
+    COCO RLE runs down the columns of the S x S image. A column inside the window is ``y0``
+    zeros, the grid column it samples (grid row ``r`` repeated as often as the window samples
+    it), then zeros to the bottom; columns outside the window are all zeros. So the run lengths
+    follow from the (window columns x (g + 2)) sequence, weighted by those repeats: O(side * g)
+    work instead of encoding an S x S array (identical output, tested against pycocotools).
+    """
+    grid = grid_mask.shape[0]
+    side = window.side
+    index = (np.arange(side, dtype=np.int64) * grid) // side  # as paste_grid_mask samples
+    row_repeats = np.bincount(index, minlength=grid)
+    values = np.zeros((side, grid + 2), dtype=bool)
+    values[:, 1 : grid + 1] = grid_mask[:, index].T
+    column_weights = np.concatenate(([window.y0], row_repeats, [image_size - window.y0 - side]))
+    values_flat = np.concatenate(([False], values.ravel(), [False]))
+    weights = np.concatenate(
+        (
+            [window.x0 * image_size],
+            np.tile(column_weights, side),
+            [(image_size - window.x0 - side) * image_size],
+        )
+    )
+    keep = weights > 0  # grid rows the window never samples, borders of width 0
+    values_flat, weights = values_flat[keep], weights[keep]
+    if not values_flat.any():
+        return None
+    starts = np.concatenate(([0], np.flatnonzero(values_flat[1:] != values_flat[:-1]) + 1))
+    counts = np.add.reduceat(weights, starts).tolist()
+    if values_flat[0]:
+        counts.insert(0, 0)  # COCO RLE starts with a run of zeros
+    return normalize_rle({"size": [image_size, image_size], "counts": [int(c) for c in counts]})
+
+
 def local_recluster(
     image: np.ndarray,
     small_regions: Sequence[Mapping[str, Any]],
@@ -194,9 +229,9 @@ def local_recluster(
         grid_masks, discarded = complete_subregions(label_maps, window, size)
         num_discarded += discarded
         for grid_mask in grid_masks:
-            full = paste_grid_mask(grid_mask, window, size)
-            if full.any():
-                masks.append(encode_mask(full))
+            rle = window_rle(grid_mask, window, size)
+            if rle is not None:
+                masks.append(rle)
     seconds = time.perf_counter() - start
     logger.debug(
         "local re-clustering: %d crops -> %d subregions (%d touched the crop boundary)",
