@@ -23,8 +23,10 @@ _EXPORTS: dict[str, str] = {
     "preprocess_images": "features",
     "agglomerative_merge": "merge",
     "DEFAULT_MERGE_THRESHOLDS": "merge",
+    "RegionPool": "region_pool",
     "regions_from_label_maps": "region_pool",
     "deduplicate_regions": "region_pool",
+    "build_region_pool": "region_pool",
     # step 2: local re-clustering
     "local_recluster": "local_reclustering",
     "LocalReclusteringResult": "local_reclustering",
@@ -37,6 +39,9 @@ _EXPORTS: dict[str, str] = {
     "build_refiner": "refinement",
     "refine_and_filter": "refinement",
     # step 4: hierarchy
+    "Hierarchy": "hierarchy",
+    "DEFAULT_COVERAGE_THRESHOLD": "hierarchy",
+    "analyze_hierarchy": "hierarchy",
     "build_hierarchy": "hierarchy",
     "hierarchy_depths": "hierarchy",
     "order_parents_first": "hierarchy",
@@ -54,6 +59,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "DEFAULT_COVERAGE_THRESHOLD",
     "DEFAULT_MERGE_THRESHOLDS",
     "CascadePSPRefiner",
     "DinoFeatureExtractor",
@@ -62,17 +68,21 @@ __all__ = [
     "ExploreJobConfig",
     "ExploreSummary",
     "FeatureExtractor",
+    "Hierarchy",
     "IdentityRefiner",
     "ImagePseudoLabels",
     "LocalReclusteringResult",
     "MaskRefiner",
     "MergeSummary",
     "RefinementResult",
+    "RegionPool",
     "SelfExplorationConfig",
     "ShardPaths",
     "agglomerative_merge",
+    "analyze_hierarchy",
     "build_hierarchy",
     "build_refiner",
+    "build_region_pool",
     "deduplicate_regions",
     "explore_image",
     "hierarchy_depths",
@@ -96,7 +106,14 @@ if TYPE_CHECKING:
         run_explore_job,
     )
     from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor, preprocess_images
-    from sohes_hf.pseudo_labeling.hierarchy import build_hierarchy, hierarchy_depths, order_parents_first
+    from sohes_hf.pseudo_labeling.hierarchy import (
+        DEFAULT_COVERAGE_THRESHOLD,
+        Hierarchy,
+        analyze_hierarchy,
+        build_hierarchy,
+        hierarchy_depths,
+        order_parents_first,
+    )
     from sohes_hf.pseudo_labeling.local_reclustering import (
         FeatureExtractor,
         LocalReclusteringResult,
@@ -111,7 +128,12 @@ if TYPE_CHECKING:
         build_refiner,
         refine_and_filter,
     )
-    from sohes_hf.pseudo_labeling.region_pool import deduplicate_regions, regions_from_label_maps
+    from sohes_hf.pseudo_labeling.region_pool import (
+        RegionPool,
+        build_region_pool,
+        deduplicate_regions,
+        regions_from_label_maps,
+    )
     from sohes_hf.pseudo_labeling.self_exploration import (
         ExplorationCounts,
         ExplorationTimings,
