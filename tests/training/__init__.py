@@ -10,38 +10,20 @@ import numpy as np
 from PIL import Image
 
 from sohes_hf.masks import encode_mask
+from sohes_hf.modeling.testing_utils import tiny_sohes_config_kwargs
 
 IMAGE_SIZE = 64
 
 
 def tiny_model_config() -> dict[str, Any]:
     """SohesConfig kwargs of a 2-layer ViT / 2-layer decoder model that steps in well under a second."""
-    return {
-        "backbone_config": {
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 128,
-            "patch_size": 8,
-            "image_size": 64,
-            "layer_norm_eps": 1e-12,
-        },
-        "interaction_indexes": [[0, 0], [1, 1]],
-        "adapter_conv_inplane": 16,
-        "adapter_num_heads": 4,
-        "adapter_num_points": 2,
-        "adapter_norm_num_groups": 8,
-        "feature_size": 32,
-        "mask_feature_size": 32,
-        "hidden_dim": 32,
-        "encoder_feedforward_dim": 64,
-        "encoder_layers": 1,
-        "decoder_layers": 2,
-        "num_attention_heads": 4,
-        "dim_feedforward": 64,
-        "num_queries": 8,
-        "train_num_points": 64,
-    }
+    return tiny_sohes_config_kwargs(
+        backbone_config={"num_hidden_layers": 2},
+        interaction_indexes=[[0, 0], [1, 1]],
+        decoder_layers=2,
+        num_queries=8,
+        train_num_points=64,
+    )
 
 
 def write_pseudo_labelled_folder(

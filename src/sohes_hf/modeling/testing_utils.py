@@ -12,6 +12,14 @@ from .configuration_sohes import SohesConfig
 def tiny_sohes_config(**overrides: Any) -> SohesConfig:
     """A few-layer, narrow :class:`SohesConfig` with the real architecture.
 
+    See :func:`tiny_sohes_config_kwargs` for the settings and how overrides combine.
+    """
+    return SohesConfig(**tiny_sohes_config_kwargs(**overrides))
+
+
+def tiny_sohes_config_kwargs(**overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`tiny_sohes_config` (e.g. for a training recipe's model section).
+
     ViT: 4 layers of width 64 (patch 8) in two interaction groups; pixel decoder and decoder of
     width 32; 16 queries; 3 decoder predictions; 256 sampled points per mask. Any field can be
     overridden, e.g. ``tiny_sohes_config(num_queries=8, ancestor_loss_weight=0.0)``; a
@@ -51,4 +59,4 @@ def tiny_sohes_config(**overrides: Any) -> SohesConfig:
         "train_num_points": 256,
     }
     settings.update(overrides)
-    return SohesConfig(**settings)
+    return settings
