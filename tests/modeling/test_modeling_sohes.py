@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,7 @@ from sohes_hf.modeling.testing_utils import tiny_sohes_config
 HEIGHT, WIDTH = 64, 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core test machine this is ~5x faster for tiny models."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _labels() -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -11,14 +9,7 @@ from sohes_hf.modeling.adapter_blocks import MultiScaleDeformableAttention, toke
 from sohes_hf.modeling.testing_utils import tiny_sohes_config
 from sohes_hf.modeling.vit_adapter import SohesViTAdapter
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core test machine this is ~5x faster for tiny models."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

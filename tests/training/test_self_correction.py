@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,7 @@ from sohes_hf.training.dynamic_threshold import dynamic_score_threshold
 from sohes_hf.training.ema import EmaTeacher
 from sohes_hf.training.teacher_pseudo_labels import keep_by_dynamic_threshold, teacher_pseudo_labels
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
