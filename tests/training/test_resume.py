@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from tests.training import tiny_model_config, tiny_recipe, write_pseudo_labelled_folder
+from tests.training import tiny_recipe
 
-from sohes_hf.modeling import SohesConfig, SohesForHierarchicalSegmentation
 from sohes_hf.training import SelfCorrectionTrainer, SelfInstructionTrainer
 from sohes_hf.training.checkpointing import list_checkpoints
 from sohes_hf.training.config import build_training_config
@@ -30,19 +29,6 @@ def _crashing(trainer_class: type[SelfInstructionTrainer], at_step: int) -> type
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_pseudo_labelled_folder(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def phase2_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("phase2")
-    SohesForHierarchicalSegmentation(SohesConfig(**tiny_model_config())).save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("phase", ["self-instruction", "self-correction"])

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from tests.training import tiny_model_config, tiny_recipe, write_pseudo_labelled_folder
+from tests.training import tiny_recipe
 
-from sohes_hf.modeling import SohesConfig, SohesForHierarchicalSegmentation
+from sohes_hf.modeling import SohesForHierarchicalSegmentation
 from sohes_hf.training import SelfCorrectionTrainer
 from sohes_hf.training.collate import collate_self_correction_examples
 from sohes_hf.training.config import build_training_config
@@ -22,19 +22,6 @@ from sohes_hf.training.ema import EmaTeacher
 from sohes_hf.training.teacher_pseudo_labels import keep_by_dynamic_threshold, teacher_pseudo_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_pseudo_labelled_folder(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def phase2_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("phase2")
-    SohesForHierarchicalSegmentation(SohesConfig(**tiny_model_config())).save_pretrained(folder)
-    return folder
 
 
 def test_score_between_thresholds_kept_when_small_dropped_when_large() -> None:

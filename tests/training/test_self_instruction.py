@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from tests.training import fixed_batch_dataset, tiny_model_config, tiny_recipe, write_pseudo_labelled_folder
+from tests.training import fixed_batch_dataset, tiny_model_config, tiny_recipe
 
 from sohes_hf.modeling import SohesConfig, SohesForHierarchicalSegmentation
 from sohes_hf.training import SelfInstructionTrainer, load_training_config, read_training_record
@@ -38,11 +38,6 @@ CONTRACT_KEYS = {
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_pseudo_labelled_folder(tmp_path_factory.mktemp("data"))
 
 
 def _batch_loss(model: SohesForHierarchicalSegmentation, batch) -> float:  # type: ignore[no-untyped-def]
