@@ -207,6 +207,17 @@ def run_explore_job(
             disable=not show_progress,
         ) as progress,
     ):
+
+        def finish(entry: ImageEntry, record: dict[str, Any]) -> None:
+            """Journals one image's record (done or skipped) and reports progress."""
+            nonlocal num_done
+            journal.append(record)
+            records[entry.key] = record
+            num_done += 1
+            progress.update(1)
+            if on_image_done is not None:
+                on_image_done(num_done)
+
         for batch in _chunks(todo, config.feature_batch_size):
             loaded = []
             for entry in batch:
@@ -214,23 +225,11 @@ def run_explore_job(
                     loaded.append((entry, reader.read(entry)))
                 except ImageReadError as error:
                     logger.warning("skipping %s: %s", entry.key, error.reason)
-                    record = _skipped_record(entry, error.reason)
-                    journal.append(record)
-                    records[entry.key] = record
-                    num_done += 1
-                    progress.update(1)
-                    if on_image_done is not None:
-                        on_image_done(num_done)
+                    finish(entry, _skipped_record(entry, error.reason))
             features = extractor.extract([image for _, image in loaded], config.image_size)
             for (entry, image), image_features in zip(loaded, features, strict=True):
                 labels = explore_image(image, extractor, refiner, config, global_features=image_features)
-                record = _image_record(entry, labels)
-                journal.append(record)
-                records[entry.key] = record
-                num_done += 1
-                progress.update(1)
-                if on_image_done is not None:
-                    on_image_done(num_done)
+                finish(entry, _image_record(entry, labels))
     coco, skipped = _assemble(entries, records, header)
     _write_json(paths.annotations, coco)
     _write_json(paths.skipped, {"skipped": skipped})

@@ -57,7 +57,7 @@ class IdentityRefiner(MaskRefiner):
     name = "none"
 
     def refine(self, image: np.ndarray, masks: Sequence[Mapping[str, Any]]) -> list[RLE]:
-        _check_image(image)
+        check_rgb_image(image)
         return [dict(rle) for rle in masks]
 
 
@@ -117,7 +117,7 @@ class CascadePSPRefiner(MaskRefiner):
         )
 
     def refine(self, image: np.ndarray, masks: Sequence[Mapping[str, Any]]) -> list[RLE]:
-        height, width = _check_image(image)
+        height, width = check_rgb_image(image)
         boxes = mask_boxes_xywh(masks) if len(masks) else np.zeros((0, 4))
         refined = []
         for rle, box in zip(masks, boxes, strict=True):
@@ -212,7 +212,8 @@ def _crop_window(
     return x0, y0, x1, y1
 
 
-def _check_image(image: np.ndarray) -> tuple[int, int]:
+def check_rgb_image(image: np.ndarray) -> tuple[int, int]:
+    """(height, width) of an (H, W, 3) uint8 RGB image; ValueError naming ``image`` otherwise."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(
             f"image: expected an (H, W, 3) uint8 array, got {getattr(image, 'shape', None)} "

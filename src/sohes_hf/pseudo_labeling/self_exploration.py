@@ -34,7 +34,7 @@ from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.hierarchy import build_hierarchy, hierarchy_depths, order_parents_first
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor, local_recluster
 from sohes_hf.pseudo_labeling.merge import agglomerative_merge
-from sohes_hf.pseudo_labeling.refinement import MaskRefiner, refine_and_filter
+from sohes_hf.pseudo_labeling.refinement import MaskRefiner, check_rgb_image, refine_and_filter
 from sohes_hf.pseudo_labeling.region_pool import deduplicate_regions, regions_from_label_maps
 
 logger = get_logger(__name__)
@@ -145,7 +145,7 @@ def explore_image(
         The pseudo-labels at the original resolution, parents first.
     """
     total_start = time.perf_counter()
-    height, width = _check_image(image)
+    height, width = check_rgb_image(image)
     size = config.image_size
     if size % extractor.patch_size != 0:
         raise ValueError(
@@ -299,12 +299,3 @@ def _hierarchy(
     ordered_parents = np.where(old_parents >= 0, new_index[np.maximum(old_parents, 0)], -1).astype(np.int64)
     depths = np.asarray(hierarchy_depths(ordered_parents), dtype=np.int64)
     return [masks[i] for i in order], ordered_parents, depths
-
-
-def _check_image(image: np.ndarray) -> tuple[int, int]:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"image: expected an (H, W, 3) uint8 array, got {getattr(image, 'shape', None)} "
-            f"{getattr(image, 'dtype', None)}"
-        )
-    return int(image.shape[0]), int(image.shape[1])
