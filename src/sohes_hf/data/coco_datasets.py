@@ -161,6 +161,17 @@ def _file_name(image: dict[str, Any], where: str) -> str:
     raise ValueError(f"{where}: needs 'file_name' or 'coco_url'")
 
 
+def read_coco_json(path: Path, name: str) -> dict[str, Any]:
+    """Parses a COCO-style JSON file; ValueError naming it (``name``) when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} is not valid JSON ({error})") from error
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{name}: expected a COCO JSON object with an 'images' list")
+    return data
+
+
 def load_coco_ground_truth(
     annotation_file: str | Path, image_dir: str | Path, *, check_images_exist: bool = True
 ) -> CocoGroundTruth:
@@ -181,12 +192,7 @@ def load_coco_ground_truth(
         raise FileNotFoundError(f"annotation file {annotation_file} does not exist")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder {image_dir} does not exist")
-    try:
-        data = json.loads(annotation_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{annotation_file} is not valid JSON ({error})") from error
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{annotation_file}: expected a COCO JSON object with an 'images' list")
+    data = read_coco_json(annotation_file, str(annotation_file))
     sizes: dict[int, tuple[int, int]] = {}
     per_image: dict[int, list[tuple[dict[str, Any], bool, int]]] = {}
     for number, image in enumerate(data["images"]):

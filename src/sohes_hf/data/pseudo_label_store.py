@@ -22,7 +22,6 @@ Self-exploration writes COCO JSON shards (contract in COMMON.md): ``images`` wit
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sohes_hf.atomic_io import atomic_path
+from sohes_hf.data.coco_datasets import read_coco_json
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -150,12 +150,7 @@ def iter_pseudo_label_files(paths: str | Path | Sequence[str | Path]) -> Iterato
         ValueError: a file breaks the contract (the message names the file and annotation).
     """
     for path in _json_files(paths):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"pseudo-label file {path} is not valid JSON ({error})") from error
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise ValueError(f"pseudo-label file {path}: expected a COCO JSON object with an 'images' list")
+        data = read_coco_json(path, f"pseudo-label file {path}")
         by_image: dict[int, list[PseudoLabel]] = {
             int(_field(im, "id", str(path))): [] for im in data["images"]
         }
