@@ -233,12 +233,12 @@ def _remove_duplicates(masks: Sequence[dict[str, Any]], iou_threshold: float) ->
 
 def _resize_masks(masks: Sequence[Mapping[str, Any]], height: int, width: int) -> list[dict[str, Any]]:
     """Nearest-neighbour resize of RLE masks to (height, width); empty results are dropped."""
-    resized = []
-    for rle in masks:
-        out = dict(rle) if tuple(rle["size"]) == (height, width) else resize_rle_nearest(rle, height, width)
-        if mask_areas([out])[0] > 0:
-            resized.append(out)
-    return resized
+    resized = [
+        dict(rle) if tuple(rle["size"]) == (height, width) else resize_rle_nearest(rle, height, width)
+        for rle in masks
+    ]
+    areas = mask_areas(resized)  # one validated batch instead of one call per mask
+    return [rle for rle, area in zip(resized, areas, strict=True) if area > 0]
 
 
 def resize_rle_nearest(rle: Mapping[str, Any], height: int, width: int) -> dict[str, Any]:
