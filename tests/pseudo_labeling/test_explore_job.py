@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 from transformers import ViTConfig, ViTModel
 
 from sohes_hf.cli import main as cli_main
+from sohes_hf.data.image_sources import list_images
 from sohes_hf.masks import decode_mask
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.explore_job import ExploreJobConfig, ShardPaths, merge_shards, run_explore_job
@@ -103,6 +104,12 @@ def reference(
     return _run(_job(image_dir, tmp_path_factory.mktemp("reference")), extractor)
 
 
+@pytest.fixture(scope="module")
+def reference_bytes(reference: dict) -> bytes:
+    """The reference run's file as written: ``json.dumps`` of the whole COCO dict plus a newline."""
+    return (json.dumps(reference) + "\n").encode("utf-8")
+
+
 def test_output_is_a_valid_coco_file_with_a_hierarchy(
     reference: dict, image_dir: Path, tmp_path: Path
 ) -> None:
@@ -141,7 +148,7 @@ def test_output_is_a_valid_coco_file_with_a_hierarchy(
 
 
 def test_skipped_images_are_reported(
-    reference: dict, image_dir: Path, extractor: DinoFeatureExtractor, tmp_path: Path
+    reference: dict, reference_bytes: bytes, image_dir: Path, extractor: DinoFeatureExtractor, tmp_path: Path
 ) -> None:
     summary = run_explore_job(_job(image_dir, tmp_path), extractor, IdentityRefiner(), show_progress=False)
     skipped = json.loads(summary.paths.skipped.read_text())["skipped"]
@@ -152,11 +159,17 @@ def test_skipped_images_are_reported(
     assert stats["num_images"] == 8 and stats["num_skipped"] == 2 and stats["num_labeled"] == 6
     assert sum(stats["depth_histogram"].values()) == stats["num_masks"] == len(reference["annotations"])
     assert json.loads(summary.paths.annotations.read_text()) == reference  # deterministic
+    assert summary.paths.annotations.read_bytes() == reference_bytes  # written as json.dumps would
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, 3])
 def test_kill_and_resume_equals_an_uninterrupted_run(
-    reference: dict, image_dir: Path, extractor: DinoFeatureExtractor, tmp_path: Path, checkpoint_every: int
+    reference: dict,
+    reference_bytes: bytes,
+    image_dir: Path,
+    extractor: DinoFeatureExtractor,
+    tmp_path: Path,
+    checkpoint_every: int,
 ) -> None:
     job = _job(image_dir, tmp_path, checkpoint_every=checkpoint_every)
     with pytest.raises(Crash):
@@ -172,7 +185,13 @@ def test_kill_and_resume_equals_an_uninterrupted_run(
     summary = run_explore_job(job, extractor, IdentityRefiner(), show_progress=False)
     assert summary.num_resumed == 5
     assert json.loads(paths.annotations.read_text()) == reference
-    assert len(paths.journal.read_text().splitlines()) == 1 + 8
+    assert paths.annotations.read_bytes() == reference_bytes  # byte-identical, not only equal
+    journal = paths.journal.read_text().splitlines()
+    assert len(journal) == 1 + 8
+    # The journal is in completion order (a batch journals its skipped images first, a resume
+    # appends), not in listing order: the assembly must follow the listing, as checked above.
+    listing = [entry.key for entry in list_images([str(image_dir)])]
+    assert [json.loads(line)["key"] for line in journal[1:]] != listing
 
 
 def test_resume_with_another_configuration_is_refused(

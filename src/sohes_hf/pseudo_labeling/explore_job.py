@@ -13,20 +13,28 @@ Resume: the journal is append-only. Finished images are appended as complete JSO
 and fsync'ed every ``checkpoint_every`` images and whenever the job stops (also on errors and
 Ctrl-C). Re-running the same command reads the journal, drops a torn last line left by a hard
 kill, and processes only the images not in it, so finished work is never redone or lost and the
-final file equals that of an uninterrupted run. The journal's header records the configuration;
-resuming with a different one raises ``ValueError``. Skipped images (corrupt, unreadable, too
-large or too small) are journaled too and not retried.
+final file equals that of an uninterrupted run, byte for byte. The journal's header records the
+configuration; resuming with a different one raises ``ValueError``. Skipped images (corrupt,
+unreadable, too large or too small) are journaled too and not retried.
 
-:func:`merge_shards` joins the shard files of a folder into one COCO file, renumbering annotation
-ids and their ``parent_id``.
+Memory is bounded whatever the shard size (an SA-1B shard of 100k images is ~10 GB of RLEs, paper
+section 4): the journal is the only store of finished records. Resume reads it line by line and
+keeps an index image key -> byte offset of its line; a finished image's record is dropped once
+its line is written (at most ``checkpoint_every`` serialized lines wait for the next flush). The
+final COCO file is assembled in listing order by seeking to each image's line, one record at a
+time, and streamed by :class:`~.coco_stream.CocoStreamWriter` (same bytes as ``json.dumps`` of
+the whole dict; fsync + ``os.replace``); the summary's statistics are counted on the way. The
+journal is in completion order, not listing order (a batch journals its skipped images before
+its processed ones, a resume appends the rest), hence the offsets.
+
+:func:`~.shard_merge.merge_shards` (re-exported here) joins the shard files of a folder into one
+COCO file, renumbering annotation ids and their ``parent_id``, streaming too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,7 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sohes_hf import __version__
-from sohes_hf.atomic_io import write_json_atomic, write_text_atomic
+from sohes_hf.atomic_io import write_json_atomic
 from sohes_hf.data.image_sources import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageEntry,
@@ -48,16 +56,17 @@ from sohes_hf.data.image_sources import (
     shard_entries,
 )
 from sohes_hf.logging_utils import get_logger
+from sohes_hf.pseudo_labeling.coco_stream import CocoStreamWriter
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
+from sohes_hf.pseudo_labeling.explore_journal import Journal, index_journal
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor
 from sohes_hf.pseudo_labeling.refinement import MaskRefiner
 from sohes_hf.pseudo_labeling.self_exploration import ImagePseudoLabels, explore_image
+from sohes_hf.pseudo_labeling.shard_merge import FILE_PREFIX
+from sohes_hf.pseudo_labeling.shard_merge import MergeSummary as MergeSummary  # re-exported
+from sohes_hf.pseudo_labeling.shard_merge import merge_shards as merge_shards  # re-exported
 
 logger = get_logger(__name__)
-
-FILE_PREFIX = "pseudo_labels"
-CATEGORIES = [{"id": 1, "name": "entity"}]
-_SHARD_FILE = re.compile(rf"^{FILE_PREFIX}\.shard-(\d+)-of-(\d+)\.json$")
 
 
 @dataclass(frozen=True)
@@ -187,9 +196,9 @@ def run_explore_job(
     paths = ShardPaths.of(job.output_dir, job.shard_index, job.num_shards)
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)
     header = _header(job, entries)
-    records = _load_journal(paths.journal, header)
-    num_resumed = len(records)
-    todo = [entry for entry in entries if entry.key not in records]
+    offsets = index_journal(paths.journal, header)
+    num_resumed = len(offsets)
+    todo = [entry for entry in entries if entry.key not in offsets]
     if num_resumed:
         logger.info(
             "resuming shard %d: %d of %d images already done", job.shard_index, num_resumed, len(entries)
@@ -197,7 +206,7 @@ def run_explore_job(
     config = job.exploration
     num_done = 0
     with (
-        _Journal(paths.journal, header, job.checkpoint_every) as journal,
+        Journal(paths.journal, header, job.checkpoint_every, offsets) as journal,
         ImageReader(job.max_image_pixels, config.min_image_side) as reader,
         tqdm(
             total=len(entries),
@@ -211,8 +220,7 @@ def run_explore_job(
         def finish(entry: ImageEntry, record: dict[str, Any]) -> None:
             """Journals one image's record (done or skipped) and reports progress."""
             nonlocal num_done
-            journal.append(record)
-            records[entry.key] = record
+            journal.append(entry.key, record)
             num_done += 1
             progress.update(1)
             if on_image_done is not None:
@@ -230,11 +238,20 @@ def run_explore_job(
             for (entry, image), image_features in zip(loaded, features, strict=True):
                 labels = explore_image(image, extractor, refiner, config, global_features=image_features)
                 finish(entry, _image_record(entry, labels))
-    coco, skipped = _assemble(entries, records, header)
-    _write_json(paths.annotations, coco)
-    _write_json(paths.skipped, {"skipped": skipped})
+    totals = _assemble(paths, entries, offsets, header, show_progress)
     seconds = time.perf_counter() - start
-    summary = _summarize(coco, len(entries), len(skipped), num_resumed, num_done, seconds, paths)
+    summary = ExploreSummary(
+        num_images=len(entries),
+        num_labeled=totals.num_labeled,
+        num_skipped=totals.num_skipped,
+        num_resumed=num_resumed,
+        num_masks=totals.num_masks,
+        masks_per_image=totals.num_masks / totals.num_labeled if totals.num_labeled else 0.0,
+        depth_histogram=dict(sorted(totals.depths.items())),
+        seconds=seconds,
+        images_per_second=num_done / seconds if seconds > 0 else 0.0,
+        paths=paths,
+    )
     _write_json(paths.summary, summary.to_dict())
     logger.info(
         "shard %d/%d: %d images (%d skipped), %.1f masks/image, depths %s, %.1f s (%.2f img/s) -> %s",
@@ -251,145 +268,7 @@ def run_explore_job(
     return summary
 
 
-@dataclass(frozen=True)
-class MergeSummary:
-    """Outcome of :func:`merge_shards`: shards merged, images and annotations written."""
-
-    num_shards: int
-    num_images: int
-    num_annotations: int
-
-
-def merge_shards(output_dir: str | Path, output_file: str | Path) -> MergeSummary:
-    """Merges the shard COCO files of ``output_dir`` into one COCO file ``output_file``.
-
-    Annotation ids are renumbered 1..N in shard order and ``parent_id`` follows them.
-
-    Raises:
-        FileNotFoundError: no shard file in ``output_dir``, or a shard of the set is missing.
-        ValueError: shard files disagree on the shard count, or two shards hold one image id.
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output_dir: {folder} is not a folder")
-    found: dict[int, Path] = {}
-    totals = set()
-    for path in sorted(folder.iterdir()):
-        match = _SHARD_FILE.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-            totals.add(int(match.group(2)))
-    if not found:
-        raise FileNotFoundError(f"output_dir: no {FILE_PREFIX}.shard-*-of-*.json files in {folder}")
-    if len(totals) != 1:
-        raise ValueError(f"output_dir: shard files of different shard counts {sorted(totals)} in {folder}")
-    (num_shards,) = totals
-    missing = [k for k in range(num_shards) if k not in found]
-    if missing:
-        raise FileNotFoundError(f"output_dir: shards {missing} of {num_shards} are not finished in {folder}")
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    image_ids: set[int] = set()
-    info: dict[str, Any] = {}
-    for index in range(num_shards):
-        shard = json.loads(found[index].read_text(encoding="utf-8"))
-        info = info or dict(shard.get("info", {}))
-        for image in shard["images"]:
-            if image["id"] in image_ids:
-                raise ValueError(f"output_dir: image id {image['id']} appears in two shards ({found[index]})")
-            image_ids.add(image["id"])
-            images.append(image)
-        new_ids = {ann["id"]: len(annotations) + i + 1 for i, ann in enumerate(shard["annotations"])}
-        for ann in shard["annotations"]:
-            merged = dict(ann)
-            merged["id"] = new_ids[ann["id"]]
-            merged["parent_id"] = None if ann["parent_id"] is None else new_ids[ann["parent_id"]]
-            annotations.append(merged)
-    info["num_shards"] = num_shards
-    _write_json(
-        Path(output_file),
-        {"info": info, "images": images, "categories": CATEGORIES, "annotations": annotations},
-    )
-    logger.info(
-        "merged %d shards: %d images, %d annotations -> %s",
-        num_shards,
-        len(images),
-        len(annotations),
-        output_file,
-    )
-    return MergeSummary(num_shards=num_shards, num_images=len(images), num_annotations=len(annotations))
-
-
 # --- journal -----------------------------------------------------------------------------------
-
-
-class _Journal:
-    """Append-only JSONL file; buffered lines are written, flushed and fsync'ed every N images."""
-
-    def __init__(self, path: Path, header: Mapping[str, Any], checkpoint_every: int) -> None:
-        self.path = path
-        self.header = header
-        self.checkpoint_every = checkpoint_every
-        self.pending: list[str] = []
-
-    def __enter__(self) -> _Journal:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            write_text_atomic(self.path, json.dumps({"type": "header", **self.header}, sort_keys=True) + "\n")
-        return self
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        self.pending.append(json.dumps(record, sort_keys=True) + "\n")
-        if len(self.pending) >= self.checkpoint_every:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write("".join(self.pending))
-            handle.flush()
-            os.fsync(handle.fileno())
-        logger.debug("checkpoint: %d images appended to %s", len(self.pending), self.path)
-        self.pending.clear()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.flush()  # also on errors and Ctrl-C: finished images are never lost
-
-
-def _load_journal(path: Path, header: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Finished records by image key; drops a torn last line; checks the header.
-
-    Every record is written as one complete line ending in a newline, so bytes after the last
-    newline can only be a write cut short by a hard kill: they are truncated away.
-    """
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if complete < len(data):
-        logger.warning("journal %s: dropping a torn last line (the job was killed mid-write)", path)
-        with open(path, "r+b") as handle:
-            handle.truncate(complete)
-    records: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(data[:complete].splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"output: journal {path} is corrupt at line {number}: {error}") from error
-        if record.get("type") == "header":
-            _check_header(path, record, header)
-        else:
-            records[record["key"]] = record
-    return records
-
-
-def _check_header(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    different = sorted(key for key in expected if found.get(key) != expected[key])
-    if different:
-        raise ValueError(
-            f"output: {path} was written by a different job configuration (differs in: "
-            f"{', '.join(different)}); use another --output folder to start afresh"
-        )
 
 
 def _header(job: ExploreJobConfig, entries: Sequence[ImageEntry]) -> dict[str, Any]:
@@ -445,64 +324,78 @@ def _skipped_record(entry: ImageEntry, reason: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _ShardTotals:
+    """Counts gathered while the shard's files are written (the summary's statistics)."""
+
+    num_labeled: int = 0
+    num_skipped: int = 0
+    num_masks: int = 0
+    depths: Counter[int] = field(default_factory=Counter)
+
+
 def _assemble(
-    entries: Sequence[ImageEntry], records: Mapping[str, Mapping[str, Any]], header: Mapping[str, Any]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """COCO dict of the shard in listing order (annotation ids 1..N), and the skipped list."""
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    for entry in entries:
-        record = records[entry.key]
-        if record["type"] == "skipped":
-            skipped.append({k: record[k] for k in ("key", "image_id", "file_name", "reason")})
-            continue
-        images.append(record["image"])
-        first_id = len(annotations) + 1
-        for ann in record["annotations"]:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": record["image"]["id"],
-                    "category_id": 1,
-                    "segmentation": ann["segmentation"],
-                    "area": ann["area"],
-                    "bbox": ann["bbox"],
-                    "iscrowd": 0,
-                    "score": ann["score"],
-                    "parent_id": None if ann["parent"] < 0 else first_id + ann["parent"],
-                    "depth": ann["depth"],
-                }
-            )
-    info = {"description": "SOHES self-exploration pseudo-labels", "sohes_hf_version": __version__, **header}
-    coco = {"info": info, "images": images, "categories": CATEGORIES, "annotations": annotations}
-    return coco, skipped
-
-
-def _summarize(
-    coco: Mapping[str, Any],
-    num_images: int,
-    num_skipped: int,
-    num_resumed: int,
-    num_done: int,
-    seconds: float,
     paths: ShardPaths,
-) -> ExploreSummary:
-    num_labeled = len(coco["images"])
-    depths = Counter(int(ann["depth"]) for ann in coco["annotations"])
-    num_masks = len(coco["annotations"])
-    return ExploreSummary(
-        num_images=num_images,
-        num_labeled=num_labeled,
-        num_skipped=num_skipped,
-        num_resumed=num_resumed,
-        num_masks=num_masks,
-        masks_per_image=num_masks / num_labeled if num_labeled else 0.0,
-        depth_histogram=dict(sorted(depths.items())),
-        seconds=seconds,
-        images_per_second=num_done / seconds if seconds > 0 else 0.0,
-        paths=paths,
-    )
+    entries: Sequence[ImageEntry],
+    offsets: Mapping[str, int],
+    header: Mapping[str, Any],
+    show_progress: bool,
+) -> _ShardTotals:
+    """Writes the shard's COCO file and skipped report from the journal, in listing order.
+
+    The journal is in completion order, which differs from the listing order after a resume
+    and within a feature batch (skipped images are journaled before the batch's processed ones),
+    so each image's line is read at its byte offset. One image's record is in memory at a time;
+    the COCO file is streamed by :class:`~.coco_stream.CocoStreamWriter` (annotation ids 1..N
+    in listing order, parents before children) with the same bytes as ``json.dumps`` of the
+    whole COCO dict. Skipped entries (a few hundred bytes each, like the offsets index) are
+    collected for their report.
+    """
+    info = {"description": "SOHES self-exploration pseudo-labels", "sohes_hf_version": __version__, **header}
+    totals = _ShardTotals()
+    skipped: list[dict[str, Any]] = []
+    with (
+        open(paths.journal, "rb") as journal,
+        CocoStreamWriter(paths.annotations, info) as writer,
+    ):
+        for entry in tqdm(entries, unit="img", desc="writing COCO", disable=not show_progress):
+            if entry.key not in offsets:
+                raise RuntimeError(f"journal {paths.journal}: image {entry.key} was never journaled")
+            journal.seek(offsets[entry.key])
+            record = json.loads(journal.readline())
+            if record.get("key") != entry.key:
+                raise ValueError(
+                    f"output: journal {paths.journal} changed while the job ran "
+                    f"(expected {entry.key} at byte {offsets[entry.key]})"
+                )
+            if record["type"] == "skipped":
+                skipped.append({k: record[k] for k in ("key", "image_id", "file_name", "reason")})
+                continue
+            image = record["image"]
+            writer.add_image({k: image[k] for k in ("id", "file_name", "width", "height")})
+            first_id = writer.num_annotations + 1
+            for ann in record["annotations"]:
+                rle = ann["segmentation"]
+                writer.add_annotation(
+                    {
+                        "id": writer.num_annotations + 1,
+                        "image_id": image["id"],
+                        "category_id": 1,
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"]},
+                        "area": ann["area"],
+                        "bbox": ann["bbox"],
+                        "iscrowd": 0,
+                        "score": ann["score"],
+                        "parent_id": None if ann["parent"] < 0 else first_id + ann["parent"],
+                        "depth": ann["depth"],
+                    }
+                )
+                totals.depths[int(ann["depth"])] += 1
+            totals.num_labeled += 1
+            totals.num_masks += len(record["annotations"])
+    totals.num_skipped = len(skipped)
+    _write_json(paths.skipped, {"skipped": skipped})
+    return totals
 
 
 def _chunks(items: Sequence[ImageEntry], size: int) -> Iterator[Sequence[ImageEntry]]:
