@@ -3,8 +3,7 @@
 Every phase of SOHES handles large sets of masks: self-exploration pools hundreds of candidate
 regions per image (paper section 3.1), the hierarchy tests pixel coverage between every pair
 (section 3.1, step 4), and evaluation matches up to 1,000 predictions per image (section 4.1).
-Decoding them all to full-resolution arrays is the slow path, so everything here works on COCO
-RLE through pycocotools' C routines and decodes only when asked.
+Everything works on COCO RLE through pycocotools' C routines and decodes only when asked.
 
 Conventions:
     * An RLE is ``{"size": [height, width], "counts": str}``: compressed counts as a JSON-safe
@@ -12,336 +11,42 @@ Conventions:
     * Binary masks are ``bool`` arrays of shape (H, W), or (N, H, W) for a stack.
     * Boxes are XYWH in pixels, float64, as COCO writes them.
 
-All functions are pure (no I/O) and raise :class:`ValueError` on malformed input.
+This is the public import path. The implementation lives in :mod:`sohes_hf.modeling.masks`
+because the image processor and the pipeline need it in the files that ``save_pretrained``
+copies into a model repository for ``trust_remote_code=True`` (see ``docs/inference.md``);
+importing it does not import torch or transformers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from sohes_hf.modeling.masks import (
+    RLE,
+    decode_mask,
+    decode_masks,
+    encode_mask,
+    encode_masks,
+    intersection_areas,
+    mask_areas,
+    mask_boxes_xywh,
+    mask_nms,
+    normalize_rle,
+    normalize_rles,
+    pairwise_coverage,
+    pairwise_iou,
+)
 
-import numpy as np
-from pycocotools import mask as coco_mask
-
-RLE = dict[str, Any]
-
-
-def encode_mask(mask: np.ndarray) -> RLE:
-    """Encodes one binary mask (H, W) as a compressed RLE with ``str`` counts."""
-    array = _as_binary_stack(mask[None] if _ndim(mask) == 2 else mask, "mask")
-    if array.shape[0] != 1:
-        raise ValueError(f"mask: expected shape (H, W), got {np.shape(mask)}")
-    return encode_masks(array)[0]
-
-
-def encode_masks(masks: np.ndarray) -> list[RLE]:
-    """Encodes a stack of binary masks (N, H, W) as compressed RLEs with ``str`` counts."""
-    stack = _as_binary_stack(masks, "masks")
-    if stack.shape[0] == 0:
-        return []
-    fortran = np.asfortranarray(stack.transpose(1, 2, 0).astype(np.uint8))
-    return [_with_str_counts(rle) for rle in coco_mask.encode(fortran)]
-
-
-def decode_mask(rle: Mapping[str, Any]) -> np.ndarray:
-    """Decodes one RLE (compressed or uncompressed) into a bool mask (H, W)."""
-    return np.asarray(coco_mask.decode(_to_coco(rle, "rle")), dtype=bool)
-
-
-def decode_masks(
-    rles: Sequence[Mapping[str, Any]], height: int | None = None, width: int | None = None
-) -> np.ndarray:
-    """Decodes RLEs into a bool stack (N, H, W).
-
-    Args:
-        rles: RLEs of one common size.
-        height, width: the size, required when ``rles`` is empty (the result is then (0, H, W))
-            and checked against the RLEs otherwise.
-    """
-    coco_rles = _to_coco_list(rles, "rles")
-    if not coco_rles:
-        if height is None or width is None:
-            raise ValueError("decode_masks: height and width are required when rles is empty")
-        return np.zeros((0, int(height), int(width)), dtype=bool)
-    size = _common_size(coco_rles, "rles")
-    if (height is not None and height != size[0]) or (width is not None and width != size[1]):
-        raise ValueError(f"decode_masks: rles have size {size}, not the requested ({height}, {width})")
-    return np.ascontiguousarray(coco_mask.decode(coco_rles).transpose(2, 0, 1).astype(bool))
-
-
-def normalize_rle(rle: Mapping[str, Any]) -> RLE:
-    """Returns the compressed, ``str``-counts form of any COCO RLE (compressed or uncompressed)."""
-    return _with_str_counts(_to_coco(rle, "rle"))
-
-
-def normalize_rles(rles: Sequence[Mapping[str, Any]], name: str = "rles") -> list[RLE]:
-    """:func:`normalize_rle` for many RLEs at once, validated in one vectorised pass.
-
-    Args:
-        rles: compressed or uncompressed COCO RLEs (sizes may differ).
-        name: how error messages name the sequence, e.g. ``"predictions[3]['masks']"``.
-    """
-    return [_with_str_counts(rle) for rle in _to_coco_list(rles, name)]
-
-
-def mask_areas(rles: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """Pixel areas (N,) int64 of RLE masks."""
-    return _areas(_to_coco_list(rles, "rles"))
-
-
-def mask_boxes_xywh(rles: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """Tight XYWH boxes (N, 4) float64 of RLE masks; an empty mask gets (0, 0, 0, 0)."""
-    coco_rles = _to_coco_list(rles, "rles")
-    if not coco_rles:
-        return np.zeros((0, 4), dtype=np.float64)
-    return np.asarray(coco_mask.toBbox(coco_rles), dtype=np.float64).reshape(-1, 4)
-
-
-def pairwise_iou(rles_a: Sequence[Mapping[str, Any]], rles_b: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """IoU (Na, Nb) float64 between every mask of ``rles_a`` and every mask of ``rles_b``.
-
-    Two empty masks have IoU 0 (pycocotools' convention).
-    """
-    coco_a, coco_b = _pair_of_lists(rles_a, rles_b)
-    if not coco_a or not coco_b:
-        return np.zeros((len(coco_a), len(coco_b)), dtype=np.float64)
-    return _iou(coco_a, coco_b, crowd=False)
-
-
-def pairwise_coverage(rles_a: Sequence[Mapping[str, Any]], rles_b: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """Coverage (Na, Nb) float64: the fraction |a ∩ b| / |a| of each mask a lying inside each b.
-
-    This is the quantity of the hierarchy test (paper section 3.1, step 4). pycocotools' IoU
-    against "crowd" regions is exactly intersection over the first argument's area, so no mask
-    is decoded. An empty ``a`` has coverage 0 everywhere.
-    """
-    coco_a, coco_b = _pair_of_lists(rles_a, rles_b)
-    if not coco_a or not coco_b:
-        return np.zeros((len(coco_a), len(coco_b)), dtype=np.float64)
-    return _iou(coco_a, coco_b, crowd=True)
-
-
-def intersection_areas(
-    rles_a: Sequence[Mapping[str, Any]], rles_b: Sequence[Mapping[str, Any]]
-) -> np.ndarray:
-    """Intersection areas (Na, Nb) int64 between every pair of masks, computed on RLE."""
-    coco_a, coco_b = _pair_of_lists(rles_a, rles_b)
-    if not coco_a or not coco_b:
-        return np.zeros((len(coco_a), len(coco_b)), dtype=np.int64)
-    areas_a = _areas(coco_a).astype(np.float64)
-    # coverage * |a| is exact up to float rounding: areas are integers far below 2**52.
-    return np.rint(_iou(coco_a, coco_b, crowd=True) * areas_a[:, None]).astype(np.int64)
-
-
-def mask_nms(
-    rles: Sequence[Mapping[str, Any]], scores: Sequence[float] | np.ndarray, iou_threshold: float
-) -> np.ndarray:
-    """Greedy mask non-maximum suppression.
-
-    Masks are visited by decreasing score (equal scores: lower index first, so the result is
-    deterministic); a mask is kept unless its IoU with an already kept mask exceeds
-    ``iou_threshold``.
-
-    Returns:
-        (K,) int64 indices of the kept masks, highest score first.
-    """
-    if not 0.0 <= float(iou_threshold) <= 1.0:
-        raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold}")
-    coco_rles = _to_coco_list(rles, "rles")
-    score_array = np.asarray(scores, dtype=np.float64)
-    if score_array.shape != (len(coco_rles),):
-        raise ValueError(f"scores: expected shape ({len(coco_rles)},), got {score_array.shape}")
-    if not np.all(np.isfinite(score_array)):
-        raise ValueError("scores: must be finite")
-    if not coco_rles:
-        return np.zeros(0, dtype=np.int64)
-    _common_size(coco_rles, "rles")
-    order = np.lexsort((np.arange(len(coco_rles)), -score_array))
-    ious = _iou([coco_rles[i] for i in order], [coco_rles[i] for i in order], crowd=False)
-    suppressed = np.zeros(len(order), dtype=bool)
-    kept: list[int] = []
-    for rank in range(len(order)):
-        if suppressed[rank]:
-            continue
-        kept.append(int(order[rank]))
-        suppressed |= ious[rank] > iou_threshold
-    return np.asarray(kept, dtype=np.int64)
-
-
-# --- validation and conversion helpers ---------------------------------------------------------
-
-
-def _ndim(array: Any) -> int:
-    return int(np.ndim(array))
-
-
-def _as_binary_stack(masks: Any, name: str) -> np.ndarray:
-    array = np.asarray(masks)
-    if array.ndim != 3:
-        raise ValueError(f"{name}: expected shape (N, H, W), got {array.shape}")
-    if array.dtype != np.bool_:
-        if array.dtype.kind not in "uif" or not np.isin(array, (0, 1)).all():
-            raise ValueError(f"{name}: expected a bool or 0/1 array, got dtype {array.dtype}")
-        array = array.astype(bool)
-    if array.shape[1] == 0 or array.shape[2] == 0:
-        raise ValueError(f"{name}: height and width must be positive, got {array.shape[1:]}")
-    return array
-
-
-def _with_str_counts(rle: Mapping[str, Any]) -> RLE:
-    counts = rle["counts"]
-    return {
-        "size": [int(rle["size"][0]), int(rle["size"][1])],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
-
-
-def _to_coco(rle: Any, name: str) -> dict[str, Any]:
-    """Validates one RLE and returns pycocotools' compressed form (``bytes`` counts)."""
-    return _to_coco_list([rle], name, names=[name])[0]
-
-
-def _to_coco_list(rles: Any, name: str, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Validates a sequence of RLEs and returns pycocotools' compressed forms (``bytes`` counts).
-
-    Structure is checked one RLE at a time; the run lengths of all compressed strings are then
-    checked in one vectorised pass (one string at a time costs ~0.3 ms per mask, more than the
-    overlap computations that follow).
-    """
-    if isinstance(rles, Mapping) or not isinstance(rles, Sequence):
-        raise ValueError(f"{name}: expected a sequence of RLE dicts, got {type(rles).__name__}")
-    names = names if names is not None else [f"{name}[{index}]" for index in range(len(rles))]
-    checked = [_structurally_checked(rle, item) for rle, item in zip(rles, names, strict=True)]
-    compressed = [index for index, (_, needs_check) in enumerate(checked) if needs_check]
-    if compressed:
-        totals = _run_length_totals([checked[index][0]["counts"] for index in compressed])
-        for index, total in zip(compressed, totals, strict=True):
-            height, width = checked[index][0]["size"]
-            if total != height * width:
-                raise ValueError(
-                    f"{names[index]}: compressed RLE counts do not describe {height}x{width} pixels"
-                )
-    return [rle for rle, _ in checked]
-
-
-def _structurally_checked(rle: Any, name: str) -> tuple[dict[str, Any], bool]:
-    """Checks keys, size and counts type; converts uncompressed counts (checking their sum).
-
-    Returns:
-        The compressed RLE, and whether its counts still need the run-length check.
-    """
-    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
-        raise ValueError(
-            f"{name}: expected a COCO RLE dict with 'size' and 'counts', got {type(rle).__name__}"
-        )
-    size = rle["size"]
-    if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        raise ValueError(f"{name}: 'size' must be [height, width] with positive ints, got {size!r}")
-    height, width = int(size[0]), int(size[1])
-    counts = rle["counts"]
-    if isinstance(counts, str):
-        try:
-            counts = counts.encode("ascii")
-        except UnicodeEncodeError as error:
-            raise ValueError(f"{name}: compressed RLE counts must be ASCII") from error
-    if isinstance(counts, bytes):
-        return {"size": [height, width], "counts": counts}, True
-    if isinstance(counts, (list, tuple, np.ndarray)):
-        values = np.asarray(counts)
-        if values.ndim != 1 or values.dtype.kind not in "iu" or (values < 0).any():
-            raise ValueError(f"{name}: uncompressed 'counts' must be non-negative integers")
-        if int(values.sum()) != height * width:
-            raise ValueError(
-                f"{name}: uncompressed 'counts' sum to {int(values.sum())}, not height*width={height * width}"
-            )
-        uncompressed = {"size": [height, width], "counts": values.tolist()}
-        return dict(coco_mask.frPyObjects(uncompressed, height, width)), False
-    raise ValueError(f"{name}: 'counts' must be str, bytes or a list of ints, got {type(counts).__name__}")
-
-
-def _run_length_totals(counts: Sequence[bytes]) -> np.ndarray:
-    """Pixels (K,) int64 described by each compressed counts string; -1 where it is malformed.
-
-    The format (pycocotools ``rleToString``): each run is a little-endian sequence of 5-bit
-    groups stored as ``chr(48 + group)``, bit 0x20 meaning "more groups follow" and bit 0x10 of
-    the last group the sign; from the fourth run on, runs are coded as deltas to the run two
-    places earlier. pycocotools itself reads malformed strings silently into garbage masks.
-    """
-    num_strings = len(counts)
-    lengths = np.fromiter((len(c) for c in counts), dtype=np.int64, count=num_strings)
-    totals = np.zeros(num_strings, dtype=np.int64)
-    malformed = np.zeros(num_strings, dtype=bool)
-    if lengths.sum() == 0:
-        return totals
-    chars = np.frombuffer(b"".join(counts), dtype=np.uint8).astype(np.int64) - 48
-    string_of_char = np.repeat(np.arange(num_strings), lengths)
-    np.logical_or.at(malformed, string_of_char, (chars < 0) | (chars > 63))
-    chars = np.clip(chars, 0, 63)
-    ends = np.cumsum(lengths)[lengths > 0] - 1
-    # A string ending in "more groups follow" is truncated; forcing a run end there keeps its
-    # last run from spilling into the next string.
-    malformed[lengths > 0] |= (chars[ends] & 0x20) != 0
-    is_last = (chars & 0x20) == 0
-    is_last[ends] = True
-    run_starts = np.flatnonzero(np.concatenate(([True], is_last[:-1])))
-    run_of_char = np.cumsum(np.concatenate(([False], is_last[:-1])))
-    position = np.arange(chars.size) - run_starts[run_of_char]
-    np.logical_or.at(malformed, string_of_char, position > 11)  # over 60 bits: not a run length
-    position = np.minimum(position, 11)
-    values = np.add.reduceat((chars & 0x1F) << (5 * position), run_starts)
-    last = np.flatnonzero(is_last)
-    negative = (chars[last] & 0x10) != 0
-    values[negative] -= np.left_shift(1, 5 * (position[last][negative] + 1))
-    # Undo the delta coding: runs[j] = values[j] + runs[j - 2] for j >= 3, i.e. cumulative sums
-    # along three chains per string: j = 0, odd j, and even j >= 2.
-    string_of_run = string_of_char[run_starts]
-    first_run = np.searchsorted(string_of_run, np.arange(num_strings))
-    local = np.arange(values.size) - first_run[string_of_run]
-    chain = string_of_run * 3 + np.where(local == 0, 0, np.where(local % 2 == 1, 1, 2))
-    order = np.argsort(chain, kind="stable")
-    sorted_values = values[order]
-    sorted_chain = chain[order]
-    cumulative = np.cumsum(sorted_values)
-    chain_start = np.flatnonzero(np.concatenate(([True], sorted_chain[1:] != sorted_chain[:-1])))
-    start_of = np.repeat(chain_start, np.diff(np.append(chain_start, sorted_values.size)))
-    runs = np.empty_like(values)
-    runs[order] = cumulative - cumulative[start_of] + sorted_values[start_of]
-    np.logical_or.at(malformed, string_of_run, runs < 0)
-    np.add.at(totals, string_of_run, runs)
-    totals[malformed] = -1
-    return totals
-
-
-def _areas(coco_rles: list[dict[str, Any]]) -> np.ndarray:
-    """Areas in chunks of 255: pycocotools 2.0.11's ``area`` overflows on 256 or more RLEs."""
-    chunks = [coco_mask.area(coco_rles[start : start + 255]) for start in range(0, len(coco_rles), 255)]
-    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
-
-
-def _common_size(coco_rles: Sequence[dict[str, Any]], name: str) -> tuple[int, int]:
-    sizes = {tuple(rle["size"]) for rle in coco_rles}
-    if len(sizes) != 1:
-        raise ValueError(f"{name}: masks have different sizes {sorted(sizes)}")
-    height, width = next(iter(sizes))
-    return int(height), int(width)
-
-
-def _pair_of_lists(
-    rles_a: Sequence[Mapping[str, Any]], rles_b: Sequence[Mapping[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    coco_a = _to_coco_list(rles_a, "rles_a")
-    coco_b = coco_a if rles_b is rles_a else _to_coco_list(rles_b, "rles_b")  # self-overlap: check once
-    if coco_a and coco_b and _common_size(coco_a, "rles_a") != _common_size(coco_b, "rles_b"):
-        raise ValueError(
-            f"rles_a and rles_b have different sizes: {coco_a[0]['size']} vs {coco_b[0]['size']}"
-        )
-    return coco_a, coco_b
-
-
-def _iou(coco_a: list[dict[str, Any]], coco_b: list[dict[str, Any]], crowd: bool) -> np.ndarray:
-    result = coco_mask.iou(coco_a, coco_b, [int(crowd)] * len(coco_b))
-    return np.asarray(result, dtype=np.float64).reshape(len(coco_a), len(coco_b))
+__all__ = [
+    "RLE",
+    "decode_mask",
+    "decode_masks",
+    "encode_mask",
+    "encode_masks",
+    "intersection_areas",
+    "mask_areas",
+    "mask_boxes_xywh",
+    "mask_nms",
+    "normalize_rle",
+    "normalize_rles",
+    "pairwise_coverage",
+    "pairwise_iou",
+]

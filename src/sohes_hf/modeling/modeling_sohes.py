@@ -250,6 +250,32 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
         logger.info("initialised the ViT backbone from %s", backbone_id_or_path)
         return model
 
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        """Saves like transformers and makes the directory a self-contained remote-code repository.
+
+        Besides weights and ``config.json`` (whose ``auto_map`` names the copied
+        ``configuration_sohes.py``/``modeling_sohes.py``), this records the
+        ``"hierarchical-segmentation"`` pipeline in ``config.custom_pipelines`` and copies its file
+        ``pipeline_sohes.py`` (with the same-folder modules it imports). Together with the image
+        processor saved to the same directory (``SohesImageProcessor.save_pretrained``, which
+        copies ``image_processing_sohes.py`` and writes its own ``auto_map``), the directory or
+        its Hub upload then works without sohes-hf::
+
+            pipeline("hierarchical-segmentation", model=directory, trust_remote_code=True)
+
+        transformers writes ``custom_pipelines`` only from ``Pipeline.save_pretrained``; doing it
+        here covers what training and :meth:`push_to_hub` write. With sohes-hf installed, its
+        registered pipeline serves the task and the entry is not consulted.
+        All arguments go to ``PreTrainedModel.save_pretrained``.
+        """
+        # Relative import: also makes transformers copy pipeline_sohes.py with this file.
+        from .pipeline_sohes import custom_pipeline_entry
+
+        # vars(): the installed package may hide the attribute from transformers.pipeline.
+        existing = vars(self.config).get("custom_pipelines") or {}
+        self.config.custom_pipelines = {**existing, **custom_pipeline_entry()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def push_to_hub(  # type: ignore[override]
         self,
         repo_id: str,
@@ -270,7 +296,11 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
         training recipe and data from ``training_record`` (default: the ``training_record.json``
         of the directory the model was loaded from, if any), the evaluation table from
         ``evaluation`` (``{dataset: {"AP", "AR_S", "AR_M", "AR_L", "AR"}}`` in percent), the
-        limitations of paper appendix E, license and citation.
+        limitations of paper appendix E, license and citation. The upload is what
+        :meth:`save_pretrained` writes, so it includes the remote-code files and the
+        ``custom_pipelines`` entry; push the image processor to the same ``repo_id``
+        (``processor.push_to_hub(repo_id)``) for ``pipeline("hierarchical-segmentation",
+        model=repo_id, trust_remote_code=True)`` to work without sohes-hf.
         """
         import json
         import tempfile
@@ -494,6 +524,13 @@ def register_auto_classes() -> None:
         AutoModel.register(SohesConfig, SohesForHierarchicalSegmentation)
     SohesConfig.register_for_auto_class()
     SohesForHierarchicalSegmentation.register_for_auto_class("AutoModel")
+
+
+# ``save_pretrained`` then writes ``auto_map`` into ``config.json`` and copies this file with its
+# same-folder imports (``AutoModel.from_pretrained(repo, trust_remote_code=True)`` without
+# sohes-hf). At import, like the image processor's: it only sets class attributes.
+SohesConfig.register_for_auto_class()
+SohesForHierarchicalSegmentation.register_for_auto_class("AutoModel")
 
 
 __all__ = [

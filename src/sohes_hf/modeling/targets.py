@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as tvF
 
-from sohes_hf.masks import decode_masks
+from .masks import decode_masks
 
 # Masks are decoded and resized this many at a time: SA-1B images carry hundreds of masks at
 # ~1500x2250, and a full-resolution stack of them would need gigabytes.

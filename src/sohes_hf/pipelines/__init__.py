@@ -3,7 +3,8 @@
 :func:`register_pipeline` adds the ``"hierarchical-segmentation"`` task to
 ``transformers.pipeline`` (importing this package calls it);
 :class:`HierarchicalSegmentationPipeline` is the implementation and :func:`as_tree` nests its
-flat output.
+flat output. The implementation lives in :mod:`sohes_hf.modeling.pipeline_sohes` so that saved
+model directories carry it for ``trust_remote_code=True`` (:func:`custom_pipeline_entry`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from sohes_hf.pipelines.hierarchical_segmentation import (
     TASK_NAME,
     HierarchicalSegmentationPipeline,
     as_tree,
+    custom_pipeline_entry,
     load_image_input,
     register_pipeline,
 )
@@ -22,6 +24,7 @@ __all__ = [
     "TASK_NAME",
     "HierarchicalSegmentationPipeline",
     "as_tree",
+    "custom_pipeline_entry",
     "load_image_input",
     "register_pipeline",
 ]
