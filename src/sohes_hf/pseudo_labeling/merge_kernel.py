@@ -4,6 +4,11 @@ The merging semantics, the arithmetic contract (float32 features, float64 dot pr
 fixed 64-lane order), the tie rule and the lazily evaluated similarity bounds are documented in
 the module docstring of :mod:`sohes_hf.pseudo_labeling.merge`; this module holds the numba
 functions that implement them, split off to keep each module to one job.
+
+Pool layout (one segment of edge slots per region, created with it): ``nbr`` the neighbour's
+region id at creation, ``keys`` the exact similarity or an upper bound of it, ``ranks`` the
+creation rank (tie rule), ``exact`` whether the key is exact, ``order`` the heap of the slots
+the region owns (offsets into its segment).
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ import numba
 import numpy as np
 
 _LANES = 64  # summation lanes of _dot (see the module docstring)
-# Safety margins of the lazy bounds: a computed cosine is within 1e-12 of the true one, a
-# computed half chord within 1e-13 (both far above the float64 errors of 768-term sums).
+# Safety margins of the similarity bounds (see ``_upper_similarity``). A computed cosine is
+# within 1e-12 of the true cosine of the stored float32 vectors (float64 sums of exact products:
+# the error of a 768-term sum is below 1e-13 relative), and so are computed norms.
 _COS_SLACK = 1e-12
-_CHORD_SLACK = 1e-13
-# Regions with at most this many neighbours get exact similarities at once (bounds pay off
-# only for long boundaries, e.g. a large region absorbing patches one by one).
-_EAGER_DEGREE = 16
+# Storing a merged feature in float32 moves it by at most 2^-24 of its norm (round to nearest,
+# after a float64 evaluation good to 1e-15), which changes its cosine with any vector by at
+# most 2^-24 / (1 - 2^-24) < 5.97e-8.
+_ROUNDING_SLACK = 5.97e-8
+# Below this norm a merged feature could be subnormal in float32, where rounding is absolute,
+# not relative: its edges get the trivial bound instead.
+_TINY_NORM = 1e-30
 
 
 @numba.njit(cache=True, inline="always")
@@ -122,34 +131,23 @@ def _grow(array: np.ndarray, needed: int) -> np.ndarray:  # pragma: no cover - c
 
 
 @numba.njit(cache=True)
-def _find(owner: np.ndarray, drift: np.ndarray, region: int) -> tuple[int, float]:  # pragma: no cover
-    """Alive region that absorbed ``region`` (union-find root) and a bound on their angle.
-
-    ``drift[r]`` bounds the angle between the features of ``r`` and of ``owner[r]``; path
-    halving replaces ``owner[r]`` by its grandparent and adds the two drifts (triangle
-    inequality on the sphere), so the returned sum bounds the angle to the root.
-    """
-    total = 0.0
+def _find(owner: np.ndarray, region: int) -> int:  # pragma: no cover - compiled
+    """Alive region that absorbed ``region`` (union-find root, with path halving)."""
     while owner[region] != region:
-        parent = owner[region]
-        grandparent = owner[parent]
-        if grandparent != parent:
-            drift[region] += drift[parent]
-            owner[region] = grandparent
-        total += drift[region]
+        owner[region] = owner[owner[region]]
         region = owner[region]
-    return region, total
+    return region
 
 
 @numba.njit(cache=True)
 def _record(
-    owner: np.ndarray, drift: np.ndarray, num_patches: int, remap: np.ndarray, out: np.ndarray
+    owner: np.ndarray, num_patches: int, remap: np.ndarray, out: np.ndarray
 ) -> None:  # pragma: no cover
     """Writes the current partition as labels numbered by first raster appearance."""
     remap[:] = -1
     next_label = 0
     for p in range(num_patches):
-        region, _ = _find(owner, drift, p)
+        region = _find(owner, p)
         if remap[region] < 0:
             remap[region] = next_label
             next_label += 1
@@ -157,59 +155,64 @@ def _record(
 
 
 @numba.njit(cache=True, inline="always")
-def _lower_angle(similarity: float, norm_x: float, norm_y: float) -> float:  # pragma: no cover
-    """A lower bound on the angle of two features whose computed similarity is ``similarity``.
-
-    The computed cosine is within 1e-12 of the true one (float64 sums of exact products); a
-    zero feature has no direction, so nothing is known (0).
-    """
-    if norm_x > 0.0 and norm_y > 0.0:
-        return math.acos(max(-1.0, min(1.0, similarity + _COS_SLACK)))
-    return 0.0
+def _sine(cosine: float) -> float:  # pragma: no cover - compiled
+    """sqrt(1 - c^2) for c in [-1, 1], as sqrt((1 - c)(1 + c)) to keep its relative precision near |c| = 1."""
+    return math.sqrt(max(0.0, (1.0 - cosine) * (1.0 + cosine)))
 
 
 @numba.njit(cache=True, inline="always")
-def _upper_key(angle: float) -> float:  # pragma: no cover - compiled
-    """Heap key of an unevaluated edge: >= every similarity the exact formula can return."""
-    if angle <= 0.0:
-        return 1.0 + _COS_SLACK
-    # Taylor polynomial of cos up to x^8: an upper bound of cos for every real x (the partial
-    # sums ending on a positive term are), cheaper than math.cos; it is within 3e-7 of cos
-    # for angles up to 1 rad, where the keys that reach the top of the heap lie.
-    square = angle * angle
-    return (
-        1.0 + square * (-1.0 / 2.0 + square * (1.0 / 24.0 + square * (-1.0 / 720.0 + square / 40320.0)))
-    ) + _COS_SLACK
+def _shifted_upper(upper: float, cos_ab: float, sin_ab: float) -> float:  # pragma: no cover - compiled
+    """Upper bound of cos(b, n) from an upper bound of cos(a, n) and a lower bound of cos(a, b).
+
+    The triangle inequality on the sphere gives angle(b, n) >= angle(a, n) - angle(a, b), so
+    with ``x = acos(upper)`` and ``y = acos(cos_ab)``: cos(b, n) <= 1 when x <= y, otherwise
+    cos(x - y) = cos x cos y + sin x sin y (no inverse trigonometric function needed).
+    ``sin_ab`` is ``_sine(cos_ab)``.
+    """
+    cos_an = min(1.0, upper + _COS_SLACK)
+    if cos_an >= cos_ab:
+        return 1.0
+    return min(1.0, cos_an * cos_ab + _sine(cos_an) * sin_ab + _COS_SLACK)
 
 
 @numba.njit(cache=True)
-def _chord_angle(x: np.ndarray, norm_x: float, y: np.ndarray, norm_y: float) -> float:  # pragma: no cover
-    """An upper bound on the angle between ``x`` and ``y`` (pi when either is zero).
+def _upper_similarity(
+    upper_a: float,
+    upper_b: float,
+    weighted_norm_a: float,
+    weighted_norm_b: float,
+    weighted_norm_k: float,
+    cos_ab: float,
+    sin_ab: float,
+) -> float:  # pragma: no cover - compiled
+    """Upper bound of the computed similarity of the merged region ``k`` and a neighbour ``n``.
 
-    Computed from the chord |x/|x| - y/|y|| rather than from the cosine, so small angles (a
-    large region absorbing a patch moves by ~1e-5 rad) keep their relative precision.
+    ``f_k = (a_a f_a + a_b f_b) / (a_a + a_b)`` is linear, so before rounding to float32
+    ``cos(k, n) = (a_a |f_a| cos(a, n) + a_b |f_b| cos(b, n)) / ((a_a + a_b) |f_k|)``. Given
+    upper bounds of the two cosines (NaN when ``n`` does not touch that part: then the
+    triangle inequality through ``angle(a, b)`` supplies one) this bounds ``cos(k, n)`` without
+    touching the features. When both cosines are exact the bound is within ~6e-8 of the truth,
+    so the edge is evaluated only if it reaches the top of the heap.
+
+    Args:
+        upper_a, upper_b: keys (exact similarities or upper bounds) of the edges (a, n) and
+            (b, n), or NaN when unknown. At least one is known.
+        weighted_norm_a, weighted_norm_b: ``a_a |f_a|`` and ``a_b |f_b|`` (areas times norms).
+        weighted_norm_k: ``(a_a + a_b) |f_k|``, positive and not tiny.
+        cos_ab, sin_ab: a lower bound of cos(a, b) (-1 when unknown) and ``_sine`` of it.
     """
-    if not (norm_x > 0.0 and norm_y > 0.0):
-        return math.pi
-    inv_x = 1.0 / norm_x
-    inv_y = 1.0 / norm_y
-    lanes = np.zeros(_LANES, dtype=np.float64)
-    size = x.shape[0]
-    body = size - size % _LANES
-    for start in range(0, body, _LANES):
-        for lane in range(_LANES):
-            diff = np.float64(x[start + lane]) * inv_x - np.float64(y[start + lane]) * inv_y
-            lanes[lane] += diff * diff
-    for c in range(body, size):
-        diff = np.float64(x[c]) * inv_x - np.float64(y[c]) * inv_y
-        lanes[c - body] += diff * diff
-    total = 0.0
-    for lane in range(_LANES):
-        total += lanes[lane]
-    half_chord = 0.5 * math.sqrt(total) + _CHORD_SLACK
-    if half_chord >= 1.0:
-        return math.pi
-    return 2.0 * math.asin(half_chord) + _CHORD_SLACK
+    if math.isnan(upper_a):
+        upper_a = _shifted_upper(upper_b, cos_ab, sin_ab) if weighted_norm_a > 0.0 else 0.0
+    if math.isnan(upper_b):
+        upper_b = _shifted_upper(upper_a, cos_ab, sin_ab) if weighted_norm_b > 0.0 else 0.0
+    term_a = weighted_norm_a * (upper_a + _COS_SLACK)
+    term_b = weighted_norm_b * (upper_b + _COS_SLACK)
+    # The computed norms are within 1e-13 of the true ones: allow that on each term (they may
+    # cancel, so on their absolute values), then add the float32 rounding of f_k and the error
+    # of the similarity that would be computed.
+    bound = (term_a + term_b + (abs(term_a) + abs(term_b)) * _COS_SLACK) / weighted_norm_k
+    bound += _ROUNDING_SLACK + _COS_SLACK
+    return min(bound, 1.0 + _COS_SLACK)
 
 
 @numba.njit(cache=True, inline="always")
@@ -272,16 +275,18 @@ def _initial_edges(
     width: int,
     norms: np.ndarray,
     floor: float,
-    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     adj_start: np.ndarray,
     adj_len: np.ndarray,
     heap_len: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
     """Patch segments: exact similarities, ranks in raster order (right before down).
 
-    ``pool`` is (nbr, angle, keys, ranks, exact, order). Returns the pool size used.
+    Every patch lists all four neighbours (the similarity is stored on both sides, so a merge
+    finds it from either end) but owns, in its heap, only the edges to its right and lower
+    neighbours. ``pool`` is (nbr, keys, ranks, exact, order). Returns the pool size used.
     """
-    nbr, angle, keys, ranks, exact, order = pool
+    nbr, keys, ranks, exact, order = pool
     num_patches = height * width
     lanes = np.empty(_LANES, dtype=np.float64)
     right_sim = np.zeros(num_patches, dtype=np.float64)
@@ -324,7 +329,6 @@ def _initial_edges(
             keys[pool_size] = s
             ranks[pool_size] = r
             exact[pool_size] = True
-            angle[pool_size] = _lower_angle(s, norms[p], norms[q])
             if direction >= 2 and s >= floor:
                 order[adj_start[p] + heap_len[p]] = pool_size - adj_start[p]
                 heap_len[p] += 1
@@ -350,42 +354,66 @@ def _pop_global(
 
 
 @numba.njit(cache=True)
+def _slot_of_neighbour(
+    region: int, neighbour: int, nbr: np.ndarray, adj_start: np.ndarray, adj_len: np.ndarray
+) -> int:  # pragma: no cover
+    """Slot in ``region``'s segment whose neighbour id is ``neighbour``; -1 if none."""
+    for q in range(adj_start[region], adj_start[region] + adj_len[region]):
+        if nbr[q] == neighbour:
+            return q
+    return -1
+
+
+@numba.njit(cache=True)
 def _union_neighbours(
     a: int,
     b: int,
     k: int,
     nbr: np.ndarray,
-    angle: np.ndarray,
+    keys: np.ndarray,
     adj_start: np.ndarray,
     adj_len: np.ndarray,
     owner: np.ndarray,
-    drift: np.ndarray,
     mark: np.ndarray,
     position: np.ndarray,
     scratch: np.ndarray,
-    scratch_angle: np.ndarray,
+    upper_a: np.ndarray,
+    upper_b: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
-    """Alive neighbours of the union of ``a`` and ``b`` (now ``k``) with angle lower bounds.
+    """Alive neighbours of ``k`` (the union of ``a`` and ``b``) with the keys of their edges to a and b.
 
-    angle(k, n) >= angle(source, n_old) - angle(source, k) - angle(n_old, n); a neighbour
-    reached several times keeps its largest bound. Returns their number (in ``scratch``).
+    Regions never change after creation, so an alive neighbour ``n`` touching ``a`` touched it
+    when the younger of the two was created, and that one's segment holds the edge under the
+    other's id: ``a``'s own segment when ``n`` is older (listed as ``n``), otherwise ``n``'s
+    segment (found by scanning it, when ``a``'s slot names a region ``n`` absorbed since). The
+    key stored there is the freshest knowledge of ``cos(a, n)``. Unknown sides are NaN.
+    Returns the number of neighbours (in ``scratch``).
     """
     count = 0
-    for source in (a, b):
-        source_drift = drift[source]
+    for side in range(2):
+        source = a if side == 0 else b
+        upper = upper_a if side == 0 else upper_b
         for q in range(adj_start[source], adj_start[source] + adj_len[source]):
-            n, path_drift = _find(owner, drift, nbr[q])
+            n = _find(owner, nbr[q])
             if n == k:
                 continue
-            bound = angle[q] - source_drift - path_drift
             if mark[n] != k:
                 mark[n] = k
                 position[n] = count
                 scratch[count] = n
-                scratch_angle[count] = bound
+                upper_a[count] = np.nan
+                upper_b[count] = np.nan
                 count += 1
-            elif bound > scratch_angle[position[n]]:
-                scratch_angle[position[n]] = bound
+            slot = position[n]
+            if not math.isnan(upper[slot]):
+                continue
+            if nbr[q] == n:
+                upper[slot] = keys[q]
+            else:
+                held = _slot_of_neighbour(n, source, nbr, adj_start, adj_len)
+                if held < 0:
+                    raise RuntimeError("merge kernel: an edge of a younger neighbour is missing")
+                upper[slot] = keys[held]
     return count
 
 
@@ -395,14 +423,14 @@ def _compact(
     alive: np.ndarray,
     adj_start: np.ndarray,
     adj_len: np.ndarray,
-    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
 ) -> int:  # pragma: no cover - compiled
     """Moves the segments of alive regions to the front of the pool (only they are read again).
 
     Segments lie in region-id order, so moving each one down in that order is safe. Returns the
     pool size used.
     """
-    nbr, angle, keys, ranks, exact, order = pool
+    nbr, keys, ranks, exact, order = pool
     write = 0
     for r in range(next_region):
         if not alive[r]:
@@ -411,7 +439,6 @@ def _compact(
         if read != write:
             for i in range(adj_len[r]):
                 nbr[write + i] = nbr[read + i]
-                angle[write + i] = angle[read + i]
                 keys[write + i] = keys[read + i]
                 ranks[write + i] = ranks[read + i]
                 exact[write + i] = exact[read + i]
@@ -427,47 +454,44 @@ def _fill_segment(
     start: int,
     count: int,
     scratch: np.ndarray,
-    scratch_angle: np.ndarray,
-    mean: np.ndarray,
-    features: np.ndarray,
-    means: np.ndarray,
-    slot_of: np.ndarray,
+    upper_a: np.ndarray,
+    upper_b: np.ndarray,
+    weighted_norm_a: float,
+    weighted_norm_b: float,
+    cos_ab: float,
+    areas: np.ndarray,
     norms: np.ndarray,
     floor: float,
-    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    lanes: np.ndarray,
+    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
 ) -> int:  # pragma: no cover - compiled
-    """Writes the edges of new region ``k`` at ``pool[start:]`` and heapifies them.
+    """Writes the edges of new region ``k`` at ``pool[start:]`` with bounded keys and heapifies them.
 
-    Edges get exact similarities when ``count <= _EAGER_DEGREE`` and upper bounds otherwise.
     Creation ranks are ``k * max_regions + n``: after every earlier edge, then by neighbour id
     (the tie rule). Returns the size of ``k``'s heap (edges that may ever merge).
     """
-    nbr, angle, keys, ranks, exact, order = pool
-    num_patches = features.shape[0]
-    max_regions = 2 * num_patches - 1
-    size = 0
+    nbr, keys, ranks, exact, order = pool
+    max_regions = areas.shape[0]
+    weighted_norm_k = np.float64(areas[k]) * norms[k]
     zero_k = not norms[k] > 0.0
+    tiny_k = norms[k] < _TINY_NORM
+    sin_ab = _sine(cos_ab)
+    size = 0
     for i in range(count):
         n = scratch[i]
         slot = start + i
         nbr[slot] = n
         ranks[slot] = k * max_regions + n
-        bound = max(scratch_angle[i], 0.0)
         if zero_k or not norms[n] > 0.0:
             keys[slot] = 0.0  # similarity to a zero feature is 0 by definition
             exact[slot] = True
-            angle[slot] = 0.0
-        elif count <= _EAGER_DEGREE:
-            row_n = features[n] if n < num_patches else means[slot_of[n]]
-            similarity = _similarity(row_n, norms[n], mean, norms[k], lanes)
-            keys[slot] = similarity
-            exact[slot] = True
-            angle[slot] = max(bound, _lower_angle(similarity, norms[n], norms[k]))
         else:
-            keys[slot] = _upper_key(bound)
+            if tiny_k:
+                keys[slot] = 1.0 + _COS_SLACK
+            else:
+                keys[slot] = _upper_similarity(
+                    upper_a[i], upper_b[i], weighted_norm_a, weighted_norm_b, weighted_norm_k, cos_ab, sin_ab
+                )
             exact[slot] = False
-            angle[slot] = bound
         if keys[slot] >= floor:
             order[start + size] = i
             size += 1
@@ -527,7 +551,6 @@ def _merge_features(
     row_b: np.ndarray,
     areas: np.ndarray,
     norms: np.ndarray,
-    drift: np.ndarray,
     mean: np.ndarray,
     means: np.ndarray,
     slot_of: np.ndarray,
@@ -535,7 +558,7 @@ def _merge_features(
     num_free: int,
     lanes: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
-    """Feature, norm and slot of the new region ``k``; the drifts of ``a`` and ``b``.
+    """Feature, norm and slot of the new region ``k``.
 
     Slots are recycled last-in first-out (a new region may take the slot of ``a`` or ``b``,
     so the mean is computed in ``mean`` first). Returns the new number of free slots.
@@ -548,8 +571,6 @@ def _merge_features(
     for c in range(mean.shape[0]):
         mean[c] = np.float32((weight_a * np.float64(row_a[c]) + weight_b * np.float64(row_b[c])) / total)
     norms[k] = math.sqrt(_dot(mean, mean, lanes))
-    drift[a] = _chord_angle(row_a, norms[a], mean, norms[k])
-    drift[b] = _chord_angle(row_b, norms[b], mean, norms[k])
     for old in (a, b):
         if slot_of[old] >= 0:
             free_slots[num_free] = slot_of[old]
@@ -566,16 +587,13 @@ def _merge_kernel(
 ) -> np.ndarray:  # pragma: no cover - compiled
     """Runs the merging on (H*W, C) float32 ``features``; ``thresholds`` sorted high to low.
 
-    Data layout: every region owns one segment of a pool of edge slots, holding its neighbour
-    list as it was when the region was created (neighbours merged since are found through the
-    union-find forest) and, per slot, the edge's key (exact similarity or an upper bound), its
-    creation rank, a lower bound on the angle between the two features, and whether the key is
-    exact. A region's own edges (for a patch: to its right and lower neighbours; for a merged
-    region: to all its neighbours) form a binary heap inside its segment (offsets in
-    ``order``); a global heap holds each region's top edge. Segments of merged-away regions
-    are reclaimed by compacting the pool when it is full. Creation ranks are ``k * (2 H W - 1)
-    + n`` for the edge of merged region ``k`` to neighbour ``n`` (the same order as numbering
-    edges one by one, without sorting the neighbour list).
+    Every region owns one segment of a pool of edge slots, holding its neighbour list as it
+    was when the region was created (see the module docstring); a region's own edges (for a
+    patch: to its right and lower neighbours; for a merged region: to all its neighbours) form
+    a binary heap inside its segment, and a global heap holds each region's top edge. Segments
+    of merged-away regions are reclaimed by compacting the pool when it is full. Creation
+    ranks are ``k * (2 H W - 1) + n`` for the edge of merged region ``k`` to neighbour ``n``
+    (the same order as numbering edges one by one, without sorting the neighbour list).
 
     Returns:
         (m, H*W) int32 labels, one row per threshold.
@@ -590,18 +608,15 @@ def _merge_kernel(
     areas = np.ones(max_regions, dtype=np.int64)
     norms = np.zeros(max_regions, dtype=np.float64)
     owner = np.arange(max_regions).astype(np.int64)
-    drift = np.zeros(max_regions, dtype=np.float64)
     alive = np.zeros(max_regions, dtype=np.bool_)
     alive[:num_patches] = True
     lanes = np.empty(_LANES, dtype=np.float64)
     for p in range(num_patches):
         norms[p] = math.sqrt(_dot(features[p], features[p], lanes))
 
-    # Edge-slot pool: (neighbour, angle bound, key, rank, exact, heap order).
     capacity = 8 * num_patches + 64
     pool = (
         np.empty(capacity, dtype=np.int64),
-        np.empty(capacity, dtype=np.float64),
         np.empty(capacity, dtype=np.float64),
         np.empty(capacity, dtype=np.int64),
         np.empty(capacity, dtype=np.bool_),
@@ -620,7 +635,7 @@ def _merge_kernel(
     g_size = 0
     for p in range(num_patches):
         g_size = _push_region(
-            p, adj_start, heap_len, pool[5], pool[2], pool[3], floor, g_keys, g_ranks, g_regions, g_size
+            p, adj_start, heap_len, pool[4], pool[1], pool[2], floor, g_keys, g_ranks, g_regions, g_size
         )
 
     labels = np.empty((thresholds.shape[0], num_patches), dtype=np.int32)
@@ -628,7 +643,8 @@ def _merge_kernel(
     mark = np.full(max_regions, -1, dtype=np.int64)
     position = np.zeros(max_regions, dtype=np.int64)
     scratch = np.empty(max_regions, dtype=np.int64)
-    scratch_angle = np.empty(max_regions, dtype=np.float64)
+    upper_a = np.empty(max_regions, dtype=np.float64)
+    upper_b = np.empty(max_regions, dtype=np.float64)
     mean = np.empty(features.shape[1], dtype=np.float32)
     next_region = num_patches
 
@@ -640,7 +656,7 @@ def _merge_kernel(
         # another region's entry comes first.
         region = -1
         while True:
-            nbr, angle, keys, ranks, exact, order = pool
+            nbr, keys, ranks, exact, order = pool
             if region < 0:
                 if g_size == 0:
                     break
@@ -669,15 +685,14 @@ def _merge_kernel(
             row_r = features[region] if region < num_patches else means[slot_of[region]]
             row_n = features[neighbour] if neighbour < num_patches else means[slot_of[neighbour]]
             if not exact[top]:
-                similarity = _similarity(row_n, norms[neighbour], row_r, norms[region], lanes)
-                keys[top] = similarity
+                keys[top] = _similarity(row_n, norms[neighbour], row_r, norms[region], lanes)
                 exact[top] = True
-                angle[top] = max(angle[top], _lower_angle(similarity, norms[neighbour], norms[region]))
                 _local_sift_down(order, keys, ranks, start, heap_len[region], 0)
                 continue
 
             # --- merge a and b into the new region k ---
             a, b, k = neighbour, region, next_region
+            similarity_ab = keys[top]
             next_region += 1
             alive[a] = False
             alive[b] = False
@@ -685,11 +700,15 @@ def _merge_kernel(
             owner[a] = k
             owner[b] = k
             num_free = _merge_features(
-                a, b, k, row_n, row_r, areas, norms, drift, mean, means, slot_of, free_slots, num_free, lanes
+                a, b, k, row_n, row_r, areas, norms, mean, means, slot_of, free_slots, num_free, lanes
             )
+            # A lower bound of the true cos(a, b) (-1: no direction when a feature is zero).
+            cos_ab = -1.0
+            if norms[a] > 0.0 and norms[b] > 0.0:
+                cos_ab = max(-1.0, min(1.0, similarity_ab - _COS_SLACK))
 
             count = _union_neighbours(
-                a, b, k, nbr, angle, adj_start, adj_len, owner, drift, mark, position, scratch, scratch_angle
+                a, b, k, nbr, keys, adj_start, adj_len, owner, mark, position, scratch, upper_a, upper_b
             )
             if pool_size + count > capacity:
                 pool_size = _compact(next_region - 1, alive, adj_start, adj_len, pool)
@@ -697,7 +716,6 @@ def _merge_kernel(
                     capacity = 2 * (pool_size + count)
                     pool = (
                         _grow(nbr, capacity),
-                        _grow(angle, capacity),
                         _grow(keys, capacity),
                         _grow(ranks, capacity),
                         _grow(exact, capacity),
@@ -710,17 +728,17 @@ def _merge_kernel(
                 pool_size,
                 count,
                 scratch,
-                scratch_angle,
-                mean,
-                features,
-                means,
-                slot_of,
+                upper_a,
+                upper_b,
+                np.float64(areas[a]) * norms[a],
+                np.float64(areas[b]) * norms[b],
+                cos_ab,
+                areas,
                 norms,
                 floor,
                 pool,
-                lanes,
             )
             pool_size += count
             region = k
-        _record(owner, drift, num_patches, remap, labels[level])
+        _record(owner, num_patches, remap, labels[level])
     return labels
