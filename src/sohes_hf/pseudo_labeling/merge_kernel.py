@@ -33,23 +33,24 @@ _TINY_NORM = 1e-30
 
 
 @numba.njit(cache=True, inline="always")
-def _dot(x: np.ndarray, y: np.ndarray, lanes: np.ndarray) -> float:  # pragma: no cover - compiled
-    """Dot product of two float32 vectors in float64 with a fixed summation order.
+def _dot(x: np.ndarray, i: int, y: np.ndarray, j: int, lanes: np.ndarray) -> float:  # pragma: no cover
+    """Dot product of rows ``x[i]`` and ``y[j]`` (float32) in float64 with a fixed summation order.
 
     Channel ``k`` goes to lane ``k % 64`` (lanes summed in increasing ``k``); the 64 lanes are
     then halved pairwise: ``lane[l] += lane[l + w]`` for ``w = 32, 16, ..., 1``. Every step is
     element-wise, so LLVM vectorises it without ``fastmath`` (about 3x faster than a scalar
-    loop here), and the result is reproducible bit for bit. ``lanes`` is (64,) scratch.
+    loop here), and the result is reproducible bit for bit. ``lanes`` is (64,) scratch. Rows
+    are indexed in place (a row view would cost reference counting in the hot loop).
     """
     for lane in range(_LANES):
         lanes[lane] = 0.0
-    size = x.shape[0]
+    size = x.shape[1]
     body = size - size % _LANES
     for start in range(0, body, _LANES):
         for lane in range(_LANES):
-            lanes[lane] += np.float64(x[start + lane]) * np.float64(y[start + lane])
+            lanes[lane] += np.float64(x[i, start + lane]) * np.float64(y[j, start + lane])
     for k in range(body, size):
-        lanes[k - body] += np.float64(x[k]) * np.float64(y[k])
+        lanes[k - body] += np.float64(x[i, k]) * np.float64(y[j, k])
     width = _LANES // 2
     while width >= 1:
         for lane in range(width):
@@ -60,11 +61,32 @@ def _dot(x: np.ndarray, y: np.ndarray, lanes: np.ndarray) -> float:  # pragma: n
 
 @numba.njit(cache=True, inline="always")
 def _similarity(
-    x: np.ndarray, norm_x: float, y: np.ndarray, norm_y: float, lanes: np.ndarray
+    x: np.ndarray, i: int, norm_x: float, y: np.ndarray, j: int, norm_y: float, lanes: np.ndarray
 ) -> float:  # pragma: no cover - compiled
     if norm_x > 0.0 and norm_y > 0.0:
-        return _dot(x, y, lanes) / (norm_x * norm_y)
+        return _dot(x, i, y, j, lanes) / (norm_x * norm_y)
     return 0.0
+
+
+@numba.njit(cache=True, inline="always")
+def _region_similarity(
+    r: int,
+    s: int,
+    features: np.ndarray,
+    means: np.ndarray,
+    slot_of: np.ndarray,
+    norms: np.ndarray,
+    lanes: np.ndarray,
+) -> float:  # pragma: no cover - compiled
+    """Similarity of regions ``r`` and ``s`` (patches: rows of ``features``; merged: rows of ``means``)."""
+    num_patches = features.shape[0]
+    if r < num_patches:
+        if s < num_patches:
+            return _similarity(features, r, norms[r], features, s, norms[s], lanes)
+        return _similarity(features, r, norms[r], means, slot_of[s], norms[s], lanes)
+    if s < num_patches:
+        return _similarity(means, slot_of[r], norms[r], features, s, norms[s], lanes)
+    return _similarity(means, slot_of[r], norms[r], means, slot_of[s], norms[s], lanes)
 
 
 @numba.njit(cache=True, inline="always")
@@ -73,7 +95,7 @@ def _before(key_x: float, edge_x: int, key_y: float, edge_y: int) -> bool:  # pr
     return key_x > key_y or (key_x == key_y and edge_x < edge_y)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _sift_down(
     keys: np.ndarray, ranks: np.ndarray, ends: np.ndarray, size: int, pos: int
 ) -> None:  # pragma: no cover - compiled
@@ -102,7 +124,7 @@ def _sift_down(
     ends[pos] = pair
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _sift_up(keys: np.ndarray, ranks: np.ndarray, ends: np.ndarray, pos: int) -> None:  # pragma: no cover
     key = keys[pos]
     rank = ranks[pos]
@@ -130,7 +152,7 @@ def _grow(array: np.ndarray, needed: int) -> np.ndarray:  # pragma: no cover - c
     return bigger
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _find(owner: np.ndarray, region: int) -> int:  # pragma: no cover - compiled
     """Alive region that absorbed ``region`` (union-find root, with path halving)."""
     while owner[region] != region:
@@ -175,7 +197,7 @@ def _shifted_upper(upper: float, cos_ab: float, sin_ab: float) -> float:  # prag
     return min(1.0, cos_an * cos_ab + _sine(cos_an) * sin_ab + _COS_SLACK)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _upper_similarity(
     upper_a: float,
     upper_b: float,
@@ -220,7 +242,7 @@ def _local_before(keys: np.ndarray, ranks: np.ndarray, x: int, y: int) -> bool: 
     return keys[x] > keys[y] or (keys[x] == keys[y] and ranks[x] < ranks[y])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _local_sift_down(
     order: np.ndarray, keys: np.ndarray, ranks: np.ndarray, start: int, size: int, pos: int
 ) -> None:  # pragma: no cover - compiled
@@ -241,7 +263,7 @@ def _local_sift_down(
     order[start + pos] = item
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _push_region(
     region: int,
     adj_start: np.ndarray,
@@ -275,7 +297,11 @@ def _initial_edges(
     width: int,
     norms: np.ndarray,
     floor: float,
-    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    nbr: np.ndarray,
+    keys: np.ndarray,
+    ranks: np.ndarray,
+    exact: np.ndarray,
+    order: np.ndarray,
     adj_start: np.ndarray,
     adj_len: np.ndarray,
     heap_len: np.ndarray,
@@ -284,9 +310,8 @@ def _initial_edges(
 
     Every patch lists all four neighbours (the similarity is stored on both sides, so a merge
     finds it from either end) but owns, in its heap, only the edges to its right and lower
-    neighbours. ``pool`` is (nbr, keys, ranks, exact, order). Returns the pool size used.
+    neighbours. Returns the pool size used.
     """
-    nbr, keys, ranks, exact, order = pool
     num_patches = height * width
     lanes = np.empty(_LANES, dtype=np.float64)
     right_sim = np.zeros(num_patches, dtype=np.float64)
@@ -296,11 +321,11 @@ def _initial_edges(
     num_edges = 0
     for p in range(num_patches):
         if p % width + 1 < width:
-            right_sim[p] = _similarity(features[p], norms[p], features[p + 1], norms[p + 1], lanes)
+            right_sim[p] = _similarity(features, p, norms[p], features, p + 1, norms[p + 1], lanes)
             right_rank[p] = num_edges
             num_edges += 1
         if p + width < num_patches:
-            down_sim[p] = _similarity(features[p], norms[p], features[p + width], norms[p + width], lanes)
+            down_sim[p] = _similarity(features, p, norms[p], features, p + width, norms[p + width], lanes)
             down_rank[p] = num_edges
             num_edges += 1
     pool_size = 0
@@ -339,7 +364,7 @@ def _initial_edges(
     return pool_size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _pop_global(
     g_keys: np.ndarray, g_ranks: np.ndarray, g_regions: np.ndarray, g_size: int
 ) -> int:  # pragma: no cover
@@ -353,7 +378,7 @@ def _pop_global(
     return g_size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _slot_of_neighbour(
     region: int, neighbour: int, nbr: np.ndarray, adj_start: np.ndarray, adj_len: np.ndarray
 ) -> int:  # pragma: no cover
@@ -364,7 +389,7 @@ def _slot_of_neighbour(
     return -1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _union_neighbours(
     a: int,
     b: int,
@@ -423,14 +448,17 @@ def _compact(
     alive: np.ndarray,
     adj_start: np.ndarray,
     adj_len: np.ndarray,
-    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    nbr: np.ndarray,
+    keys: np.ndarray,
+    ranks: np.ndarray,
+    exact: np.ndarray,
+    order: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
     """Moves the segments of alive regions to the front of the pool (only they are read again).
 
     Segments lie in region-id order, so moving each one down in that order is safe. Returns the
     pool size used.
     """
-    nbr, keys, ranks, exact, order = pool
     write = 0
     for r in range(next_region):
         if not alive[r]:
@@ -448,7 +476,7 @@ def _compact(
     return write
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _fill_segment(
     k: int,
     start: int,
@@ -462,14 +490,17 @@ def _fill_segment(
     areas: np.ndarray,
     norms: np.ndarray,
     floor: float,
-    pool: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    nbr: np.ndarray,
+    keys: np.ndarray,
+    ranks: np.ndarray,
+    exact: np.ndarray,
+    order: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
     """Writes the edges of new region ``k`` at ``pool[start:]`` with bounded keys and heapifies them.
 
     Creation ranks are ``k * max_regions + n``: after every earlier edge, then by neighbour id
     (the tie rule). Returns the size of ``k``'s heap (edges that may ever merge).
     """
-    nbr, keys, ranks, exact, order = pool
     max_regions = areas.shape[0]
     weighted_norm_k = np.float64(areas[k]) * norms[k]
     zero_k = not norms[k] > 0.0
@@ -500,7 +531,7 @@ def _fill_segment(
     return size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _is_current(
     region: int,
     g_key: float,
@@ -519,7 +550,7 @@ def _is_current(
     return keys[top] == g_key and ranks[top] == g_rank
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _region_top(
     region: int,
     alive: np.ndarray,
@@ -542,42 +573,60 @@ def _region_top(
     return -1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
+def _weighted_mean(
+    x: np.ndarray, i: int, weight_x: float, y: np.ndarray, j: int, weight_y: float, out: np.ndarray, row: int
+) -> None:  # pragma: no cover - compiled
+    """``out[row] = float32((w_x x[i] + w_y y[j]) / (w_x + w_y))`` per channel, in float64.
+
+    ``out[row]`` may be ``x[i]`` or ``y[j]`` itself: each channel is read before it is written.
+    """
+    total = weight_x + weight_y
+    for c in range(out.shape[1]):
+        out[row, c] = np.float32((weight_x * np.float64(x[i, c]) + weight_y * np.float64(y[j, c])) / total)
+
+
+@numba.njit(cache=True, inline="always")
 def _merge_features(
     a: int,
     b: int,
     k: int,
-    row_a: np.ndarray,
-    row_b: np.ndarray,
+    features: np.ndarray,
     areas: np.ndarray,
     norms: np.ndarray,
-    mean: np.ndarray,
     means: np.ndarray,
     slot_of: np.ndarray,
     free_slots: np.ndarray,
     num_free: int,
     lanes: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
-    """Feature, norm and slot of the new region ``k``.
+    """Feature (the paper's ``f_k = (a_i f_i + a_j f_j) / (a_i + a_j)``), norm and slot of ``k``.
 
-    Slots are recycled last-in first-out (a new region may take the slot of ``a`` or ``b``,
-    so the mean is computed in ``mean`` first). Returns the new number of free slots.
+    Slots are recycled last-in first-out, so ``k`` usually takes the slot of ``a`` or ``b`` and
+    is computed in place. Returns the new number of free slots.
     """
     areas[k] = areas[a] + areas[b]
-    weight_a = np.float64(areas[a])
-    weight_b = np.float64(areas[b])
-    total = np.float64(areas[k])
-    # The paper's f_k = (a_i f_i + a_j f_j) / (a_i + a_j), in float64, stored as float32.
-    for c in range(mean.shape[0]):
-        mean[c] = np.float32((weight_a * np.float64(row_a[c]) + weight_b * np.float64(row_b[c])) / total)
-    norms[k] = math.sqrt(_dot(mean, mean, lanes))
-    for old in (a, b):
-        if slot_of[old] >= 0:
-            free_slots[num_free] = slot_of[old]
+    slot_a, slot_b = slot_of[a], slot_of[b]
+    for old_slot in (slot_a, slot_b):
+        if old_slot >= 0:
+            free_slots[num_free] = old_slot
             num_free += 1
     num_free -= 1
-    slot_of[k] = free_slots[num_free]
-    means[slot_of[k], :] = mean
+    slot = free_slots[num_free]
+    slot_of[k] = slot
+    weight_a = np.float64(areas[a])
+    weight_b = np.float64(areas[b])
+    num_patches = features.shape[0]
+    if a < num_patches:
+        if b < num_patches:
+            _weighted_mean(features, a, weight_a, features, b, weight_b, means, slot)
+        else:
+            _weighted_mean(features, a, weight_a, means, slot_b, weight_b, means, slot)
+    elif b < num_patches:
+        _weighted_mean(means, slot_a, weight_a, features, b, weight_b, means, slot)
+    else:
+        _weighted_mean(means, slot_a, weight_a, means, slot_b, weight_b, means, slot)
+    norms[k] = math.sqrt(_dot(means, slot, means, slot, lanes))
     return num_free
 
 
@@ -612,20 +661,20 @@ def _merge_kernel(
     alive[:num_patches] = True
     lanes = np.empty(_LANES, dtype=np.float64)
     for p in range(num_patches):
-        norms[p] = math.sqrt(_dot(features[p], features[p], lanes))
+        norms[p] = math.sqrt(_dot(features, p, features, p, lanes))
 
     capacity = 8 * num_patches + 64
-    pool = (
-        np.empty(capacity, dtype=np.int64),
-        np.empty(capacity, dtype=np.float64),
-        np.empty(capacity, dtype=np.int64),
-        np.empty(capacity, dtype=np.bool_),
-        np.empty(capacity, dtype=np.int64),
-    )
+    nbr = np.empty(capacity, dtype=np.int64)
+    keys = np.empty(capacity, dtype=np.float64)
+    ranks = np.empty(capacity, dtype=np.int64)
+    exact = np.empty(capacity, dtype=np.bool_)
+    order = np.empty(capacity, dtype=np.int64)
     adj_start = np.zeros(max_regions, dtype=np.int64)
     adj_len = np.zeros(max_regions, dtype=np.int64)
     heap_len = np.zeros(max_regions, dtype=np.int64)
-    pool_size = _initial_edges(features, height, width, norms, floor, pool, adj_start, adj_len, heap_len)
+    pool_size = _initial_edges(
+        features, height, width, norms, floor, nbr, keys, ranks, exact, order, adj_start, adj_len, heap_len
+    )
 
     # Global heap of each region's top edge: at most one entry per region is pushed per pop,
     # so it never holds more than the patches' initial entries.
@@ -635,7 +684,7 @@ def _merge_kernel(
     g_size = 0
     for p in range(num_patches):
         g_size = _push_region(
-            p, adj_start, heap_len, pool[4], pool[1], pool[2], floor, g_keys, g_ranks, g_regions, g_size
+            p, adj_start, heap_len, order, keys, ranks, floor, g_keys, g_ranks, g_regions, g_size
         )
 
     labels = np.empty((thresholds.shape[0], num_patches), dtype=np.int32)
@@ -645,7 +694,6 @@ def _merge_kernel(
     scratch = np.empty(max_regions, dtype=np.int64)
     upper_a = np.empty(max_regions, dtype=np.float64)
     upper_b = np.empty(max_regions, dtype=np.float64)
-    mean = np.empty(features.shape[1], dtype=np.float32)
     next_region = num_patches
 
     for level in range(thresholds.shape[0]):
@@ -656,7 +704,6 @@ def _merge_kernel(
         # another region's entry comes first.
         region = -1
         while True:
-            nbr, keys, ranks, exact, order = pool
             if region < 0:
                 if g_size == 0:
                     break
@@ -682,10 +729,8 @@ def _merge_kernel(
                 if behind:
                     continue
                 break
-            row_r = features[region] if region < num_patches else means[slot_of[region]]
-            row_n = features[neighbour] if neighbour < num_patches else means[slot_of[neighbour]]
             if not exact[top]:
-                keys[top] = _similarity(row_n, norms[neighbour], row_r, norms[region], lanes)
+                keys[top] = _region_similarity(neighbour, region, features, means, slot_of, norms, lanes)
                 exact[top] = True
                 _local_sift_down(order, keys, ranks, start, heap_len[region], 0)
                 continue
@@ -700,7 +745,7 @@ def _merge_kernel(
             owner[a] = k
             owner[b] = k
             num_free = _merge_features(
-                a, b, k, row_n, row_r, areas, norms, mean, means, slot_of, free_slots, num_free, lanes
+                a, b, k, features, areas, norms, means, slot_of, free_slots, num_free, lanes
             )
             # A lower bound of the true cos(a, b) (-1: no direction when a feature is zero).
             cos_ab = -1.0
@@ -711,16 +756,16 @@ def _merge_kernel(
                 a, b, k, nbr, keys, adj_start, adj_len, owner, mark, position, scratch, upper_a, upper_b
             )
             if pool_size + count > capacity:
-                pool_size = _compact(next_region - 1, alive, adj_start, adj_len, pool)
+                pool_size = _compact(
+                    next_region - 1, alive, adj_start, adj_len, nbr, keys, ranks, exact, order
+                )
                 if 2 * (pool_size + count) > capacity:
                     capacity = 2 * (pool_size + count)
-                    pool = (
-                        _grow(nbr, capacity),
-                        _grow(keys, capacity),
-                        _grow(ranks, capacity),
-                        _grow(exact, capacity),
-                        _grow(order, capacity),
-                    )
+                    nbr = _grow(nbr, capacity)
+                    keys = _grow(keys, capacity)
+                    ranks = _grow(ranks, capacity)
+                    exact = _grow(exact, capacity)
+                    order = _grow(order, capacity)
             adj_start[k] = pool_size
             adj_len[k] = count
             heap_len[k] = _fill_segment(
@@ -736,7 +781,11 @@ def _merge_kernel(
                 areas,
                 norms,
                 floor,
-                pool,
+                nbr,
+                keys,
+                ranks,
+                exact,
+                order,
             )
             pool_size += count
             region = k
