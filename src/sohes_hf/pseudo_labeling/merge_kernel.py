@@ -651,12 +651,12 @@ def _merge_kernel(
     max_regions = 2 * num_patches - 1
     floor = thresholds[-1]
     num_slots = num_patches // 2 + 1  # = means.shape[0]
-    slot_of = np.full(max_regions, -1, dtype=np.int64)
-    free_slots = np.arange(num_slots - 1, -1, -1).astype(np.int64)
+    slot_of = np.full(max_regions, -1, dtype=np.int32)
+    free_slots = np.arange(num_slots - 1, -1, -1).astype(np.int32)
     num_free = num_slots
     areas = np.ones(max_regions, dtype=np.int64)
     norms = np.zeros(max_regions, dtype=np.float64)
-    owner = np.arange(max_regions).astype(np.int64)
+    owner = np.arange(max_regions).astype(np.int32)
     alive = np.zeros(max_regions, dtype=np.bool_)
     alive[:num_patches] = True
     lanes = np.empty(_LANES, dtype=np.float64)
@@ -664,14 +664,14 @@ def _merge_kernel(
         norms[p] = math.sqrt(_dot(features, p, features, p, lanes))
 
     capacity = 8 * num_patches + 64
-    nbr = np.empty(capacity, dtype=np.int64)
+    nbr = np.empty(capacity, dtype=np.int32)
     keys = np.empty(capacity, dtype=np.float64)
     ranks = np.empty(capacity, dtype=np.int64)
     exact = np.empty(capacity, dtype=np.bool_)
-    order = np.empty(capacity, dtype=np.int64)
-    adj_start = np.zeros(max_regions, dtype=np.int64)
-    adj_len = np.zeros(max_regions, dtype=np.int64)
-    heap_len = np.zeros(max_regions, dtype=np.int64)
+    order = np.empty(capacity, dtype=np.int32)
+    adj_start = np.zeros(max_regions, dtype=np.int32)
+    adj_len = np.zeros(max_regions, dtype=np.int32)
+    heap_len = np.zeros(max_regions, dtype=np.int32)
     pool_size = _initial_edges(
         features, height, width, norms, floor, nbr, keys, ranks, exact, order, adj_start, adj_len, heap_len
     )
@@ -680,7 +680,7 @@ def _merge_kernel(
     # so it never holds more than the patches' initial entries.
     g_keys = np.empty(num_patches, dtype=np.float64)
     g_ranks = np.empty(num_patches, dtype=np.int64)
-    g_regions = np.empty(num_patches, dtype=np.int64)
+    g_regions = np.empty(num_patches, dtype=np.int32)
     g_size = 0
     for p in range(num_patches):
         g_size = _push_region(
@@ -689,9 +689,9 @@ def _merge_kernel(
 
     labels = np.empty((thresholds.shape[0], num_patches), dtype=np.int32)
     remap = np.empty(max_regions, dtype=np.int64)
-    mark = np.full(max_regions, -1, dtype=np.int64)
-    position = np.zeros(max_regions, dtype=np.int64)
-    scratch = np.empty(max_regions, dtype=np.int64)
+    mark = np.full(max_regions, -1, dtype=np.int32)
+    position = np.zeros(max_regions, dtype=np.int32)
+    scratch = np.empty(max_regions, dtype=np.int32)
     upper_a = np.empty(max_regions, dtype=np.float64)
     upper_b = np.empty(max_regions, dtype=np.float64)
     next_region = num_patches
