@@ -620,7 +620,7 @@ def _merge_features(
     return num_free
 
 
-@numba.njit(cache=True, _nrt=False)
+@numba.njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # numba's (private) option, tested
 def _merge_levels(
     features: np.ndarray,
     thresholds: np.ndarray,
