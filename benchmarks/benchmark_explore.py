@@ -6,20 +6,26 @@ Three measurements:
    (clustering at 6 thresholds, pool + NMS, local re-clustering of small regions, mask resizing,
    hierarchy). The backbone is replaced by precomputed 768-D features (ViT-B width) made from a
    synthetic scene of coloured shapes projected through a random matrix plus noise, and the
-   refiner is the identity; target < 1 s per image on CPU.
+   refiner is the identity; target < 1 s per image on CPU. Besides ``explore_image``'s own
+   wall-clock timings it prints the CPU time (``time.process_time``) of each step, measured
+   by wrapping the step functions (:class:`StepTimer`).
 2. ``tiny``: the whole job loop (image decode excluded) with a tiny random ViT on CPU, images/s.
 3. ``vitb8``: DINO ViT-B/8-sized backbone (random weights from ``ViTConfig``, nothing
    downloaded) at 1,024 px on a GPU when one is available: backbone seconds per image.
 
-Usage: ``python benchmarks/benchmark_explore.py [--parts non-network,tiny,vitb8] [--repeats 3]``
+Also ``pool``: the region pool and its NMS (both exact paths) on ~1,600 regions.
+
+Usage: ``python benchmarks/benchmark_explore.py [--parts non-network,pool,tiny,vitb8] [--repeats 3]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,6 +77,92 @@ class ProjectedColorFeatures:
         return np.stack(out) if out else np.zeros((0, grid, grid, self.projection.shape[1]), np.float32)
 
 
+#: Non-network steps timed by :class:`StepTimer`: (label, module, attribute) of the function
+#: that does the step. ``explore_image`` calls them through these module attributes.
+TIMED_STEPS: tuple[tuple[str, str, str], ...] = (
+    ("merge kernel (global)", "self_exploration", "agglomerative_merge"),
+    ("region pool (RLE + exact dedup)", "self_exploration", "regions_from_label_maps"),
+    ("pool NMS", "self_exploration", "deduplicate_regions"),
+    ("crop boxes", "local_reclustering", "mask_boxes_xywh"),
+    ("crop windows", "local_reclustering", "crop_window"),
+    ("crop extraction", "local_reclustering", "crop_original"),
+    ("crop merges (sum)", "local_reclustering", "agglomerative_merge"),
+    ("complete_subregions", "local_reclustering", "complete_subregions"),
+    ("subregion run lengths (window_run_lengths)", "local_reclustering", "window_run_lengths"),
+    ("subregion RLE compression", "local_reclustering", "encode_rle_counts"),
+    ("_remove_duplicates NMS", "self_exploration", "_remove_duplicates"),
+    ("resize to original size", "self_exploration", "_resize_masks"),
+    ("hierarchy", "self_exploration", "_hierarchy"),
+    ("final areas + boxes", "self_exploration", "mask_areas"),
+    ("final areas + boxes", "self_exploration", "mask_boxes_xywh"),
+    ("refine_and_filter (identity; 'network')", "self_exploration", "refine_and_filter"),
+)
+
+
+class StepTimer:
+    """Accumulates the CPU time (``time.process_time``) of each step in :data:`TIMED_STEPS`.
+
+    Used as a context manager, it replaces each step's module attribute by a wrapper that adds
+    the CPU seconds of the call to ``seconds[label]`` and restores the attributes on exit. A
+    timed step called from inside another (``mask_areas`` within ``_resize_masks``) counts for
+    the outer one only, so the steps add up without double counting. CPU time rather than wall
+    time because the development VM is shared: other jobs' load moves wall times by up to ~50%
+    but a process's CPU time much less.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {label: 0.0 for label, _, _ in TIMED_STEPS}
+        self.calls: dict[str, int] = {label: 0 for label, _, _ in TIMED_STEPS}
+        self._saved: list[tuple[object, str, object]] = []
+        self._active = False
+
+    def __enter__(self) -> StepTimer:
+        import importlib
+
+        for label, module_name, attribute in TIMED_STEPS:
+            module = importlib.import_module(f"sohes_hf.pseudo_labeling.{module_name}")
+            original = getattr(module, attribute)
+            self._saved.append((module, attribute, original))
+            setattr(module, attribute, self._wrap(label, original))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for module, attribute, original in reversed(self._saved):
+            setattr(module, attribute, original)
+        self._saved.clear()
+
+    def _wrap(self, label: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._active:
+                return function(*args, **kwargs)
+            self._active = True
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.process_time() - start
+                self.calls[label] += 1
+                self._active = False
+
+        return timed
+
+
+class _CpuTimedExtractor:
+    """Wraps an extractor to add the CPU time of its ``extract`` calls to ``seconds``."""
+
+    def __init__(self, extractor: ProjectedColorFeatures) -> None:
+        self.extractor = extractor
+        self.patch_size = extractor.patch_size
+        self.seconds = 0.0
+
+    def extract(self, images: Sequence[np.ndarray], size: int) -> np.ndarray:
+        start = time.process_time()
+        try:
+            return self.extractor.extract(images, size)
+        finally:
+            self.seconds += time.process_time() - start
+
+
 def bench_non_network(repeats: int) -> None:
     config = SelfExplorationConfig(refiner="none")
     extractor = ProjectedColorFeatures()
@@ -79,23 +171,97 @@ def bench_non_network(repeats: int) -> None:
         synthetic_scene(256, 99), extractor, refiner, SelfExplorationConfig(image_size=256, refiner="none")
     )
     rows = []
+    steps: list[dict[str, float]] = []
+    calls: list[dict[str, int]] = []
+    cpu_totals: list[float] = []
     for seed in range(repeats):
         image = synthetic_scene(1024, seed)
         features = extractor.extract([image], 1024)[0]
-        labels = explore_image(image, extractor, refiner, config, global_features=features)
+        timed_extractor = _CpuTimedExtractor(extractor)
+        with StepTimer() as timer:
+            start = time.process_time()
+            labels = explore_image(image, timed_extractor, refiner, config, global_features=features)
+            cpu = time.process_time() - start
+        refine = timer.seconds["refine_and_filter (identity; 'network')"]
+        cpu_totals.append(cpu - timed_extractor.seconds - refine)
+        steps.append(timer.seconds)
+        calls.append(timer.calls)
         rows.append(labels)
     t = [r.timings for r in rows]
     print("== non-network time per 1024 x 1024 image (CPU, 768-D features, refiner none) ==")
+    print(f"  wall-clock timings of explore_image (median of {repeats}):")
     for name in ("global_clustering", "local_reclustering", "resize", "hierarchy"):
-        print(f"  {name:20s} {statistics.median(getattr(x, name) for x in t):7.3f} s (median of {repeats})")
-    print(f"  {'non_network total':20s} {statistics.median(x.non_network for x in t):7.3f} s")
+        print(f"    {name:20s} {statistics.median(getattr(x, name) for x in t):7.3f} s")
+    print(f"    {'non_network total':20s} {statistics.median(x.non_network for x in t):7.3f} s")
     crop_features = statistics.median(x.local_features for x in t)
-    print(f"  (stand-in feature time of the crops: {crop_features:.3f} s, excluded)")
+    print(f"    (stand-in feature time of the crops: {crop_features:.3f} s, excluded)")
+    print(f"  CPU time (time.process_time) per step, median of {repeats} images [calls, first image]:")
+    labels_seen: list[str] = []
+    for label, _, _ in TIMED_STEPS:
+        if label not in labels_seen:
+            labels_seen.append(label)
+    for label in labels_seen:
+        value = statistics.median(s[label] for s in steps)
+        print(f"    {label:42s} {value:7.3f} s  [{calls[0][label]}]")
+    refine_label = "refine_and_filter (identity; 'network')"
+    glue = [
+        total - sum(v for k, v in s.items() if k != refine_label)
+        for total, s in zip(cpu_totals, steps, strict=True)
+    ]
+    print(f"    {'other (loops and glue between the steps)':42s} {statistics.median(glue):7.3f} s")
+    merges = [s["merge kernel (global)"] + s["crop merges (sum)"] for s in steps]
+    print(f"    {'non-network CPU total':42s} {statistics.median(cpu_totals):7.3f} s")
+    others = [total - merge for total, merge in zip(cpu_totals, merges, strict=True)]
+    print(f"    {'  of which outside the merges':42s} {statistics.median(others):7.3f} s")
     c = rows[0].counts
     print(
         f"  masks: pool {c.global_regions} -> NMS {c.after_nms} -> small {c.small_regions} -> "
         f"local subregions {c.local_subregions} -> final {c.after_refinement} (first image)"
     )
+
+
+def bench_pool(repeats: int) -> None:
+    """Region pool and its NMS on the six label maps of a 128 x 128 smooth-noise grid.
+
+    Smooth noise (gaussian-filtered, sigma 2, 768-D, as in ``benchmark_merge.py``) gives
+    ~1,600 distinct regions, the hard case for NMS; both NMS paths are timed on the same pool
+    and must keep the same regions.
+    """
+    from scipy import ndimage
+
+    from sohes_hf.pseudo_labeling.merge import agglomerative_merge
+    from sohes_hf.pseudo_labeling.region_pool import deduplicate_regions, regions_from_label_maps
+
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((128, 128, 768)).astype(np.float32)
+    grid = ndimage.gaussian_filter(noise, sigma=(2.0, 2.0, 0)).astype(np.float32)
+    maps = agglomerative_merge(grid, SelfExplorationConfig().merge_thresholds)
+
+    def cpu(function: Callable[[], Any]) -> tuple[float, Any]:
+        times, result = [], None
+        for _ in range(repeats):
+            start = time.process_time()
+            result = function()
+            times.append(time.process_time() - start)
+        return statistics.median(times), result
+
+    pool_seconds, pool = cpu(lambda: regions_from_label_maps(maps, (1024, 1024)))
+    nested_seconds, kept = cpu(lambda: deduplicate_regions(pool, 0.9))
+    generic = dataclasses.replace(pool, containers=None)
+    generic_seconds, generic_kept = cpu(lambda: deduplicate_regions(generic, 0.9))
+    same = [r["counts"] for r in kept.rles] == [r["counts"] for r in generic_kept.rles]
+    print(
+        f"== region pool at 1024 x 1024 from a 128 x 128 smooth-noise grid (CPU time, median of {repeats}) =="
+    )
+    print(
+        f"  RLE + exact dedup: {pool_seconds * 1e3:.1f} ms for {len(pool)} regions "
+        f"(nested: {pool.containers is not None})"
+    )
+    print(
+        f"  NMS 0.9, containment chains: {nested_seconds * 1e3:.2f} ms; "
+        f"pairwise mask IoU: {generic_seconds * 1e3:.1f} ms"
+    )
+    print(f"  kept {len(kept)} regions; both paths keep the same regions: {same}")
 
 
 def bench_tiny(num_images: int, image_size: int) -> None:
@@ -158,7 +324,7 @@ def bench_vitb8(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="non-network,tiny,vitb8")
+    parser.add_argument("--parts", default="non-network,pool,tiny,vitb8")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--tiny-image-size", type=int, default=256)
@@ -167,6 +333,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     if "non-network" in parts:
         bench_non_network(args.repeats)
+    if "pool" in parts:
+        bench_pool(args.repeats)
     if "tiny" in parts:
         bench_tiny(args.num_images, args.tiny_image_size)
     if "vitb8" in parts:

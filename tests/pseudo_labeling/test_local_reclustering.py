@@ -80,6 +80,43 @@ def test_subregions_touching_inner_crop_sides_are_discarded() -> None:
     assert [m.tolist() for m in kept] == [(labels == 2).tolist(), (labels == 3).tolist()]  # deduplicated
 
 
+def _brute_force_complete_subregions(
+    label_maps: list[np.ndarray], window: CropWindow, image_size: int
+) -> tuple[list[np.ndarray], int]:
+    """The definition, one label at a time on full masks."""
+    inner = (
+        window.y0 > 0,
+        window.y0 + window.side < image_size,
+        window.x0 > 0,
+        window.x0 + window.side < image_size,
+    )
+    kept: list[np.ndarray] = []
+    discarded = 0
+    for labels in label_maps:
+        for label in range(int(labels.max()) + 1):
+            mask = labels == label
+            edges = (mask[0, :], mask[-1, :], mask[:, 0], mask[:, -1])
+            if any(side and edge.any() for side, edge in zip(inner, edges, strict=True)):
+                discarded += 1
+            elif not any(np.array_equal(mask, other) for other in kept):
+                kept.append(mask)
+    return kept, discarded
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_complete_subregions_matches_the_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    fine = rng.integers(0, 9, (7, 7))
+    maps = [fine, fine // 2, fine // 3 * 2, np.where(fine > 6, 12, fine)]  # repeats, unused labels
+    window = CropWindow(
+        x0=int(rng.choice([0, 8])), y0=int(rng.choice([0, 8])), side=int(rng.choice([16, 56]))
+    )
+    kept, discarded = complete_subregions(maps, window, image_size=64)
+    expected, expected_discarded = _brute_force_complete_subregions(maps, window, 64)
+    assert discarded == expected_discarded
+    assert [m.tolist() for m in kept] == [m.tolist() for m in expected]
+
+
 def test_paste_grid_mask_is_nearest_upsampling() -> None:
     grid_mask = np.random.default_rng(0).random((4, 4)) > 0.5
     window = CropWindow(x0=8, y0=16, side=8)

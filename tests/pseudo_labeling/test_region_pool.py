@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as coco_mask
 from scipy import ndimage
 
-from sohes_hf.masks import decode_masks, encode_masks
+from sohes_hf.masks import decode_masks, encode_masks, encode_rle_counts, mask_nms, pairwise_iou
 from sohes_hf.pseudo_labeling.merge import agglomerative_merge
 from sohes_hf.pseudo_labeling.region_pool import (
     RegionPool,
@@ -133,6 +136,8 @@ def test_pool_from_merging_has_no_pair_above_the_iou_threshold() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
+        (lambda: encode_rle_counts(np.array([3, 1]), np.array([1, 0, 1])), "lengths"),
+        (lambda: encode_rle_counts(np.array([3, 1]), np.array([1])), "lengths"),
         (lambda: regions_from_label_maps([], (8, 8)), "label_maps"),
         (lambda: regions_from_label_maps(np.zeros((4, 4), dtype=np.int32), (8, 8)), "label_maps"),
         (
@@ -151,3 +156,109 @@ def test_pool_from_merging_has_no_pair_above_the_iou_threshold() -> None:
 def test_bad_input_raises_value_error(call: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()  # type: ignore[operator]
+
+
+def _merged_maps(seed: int, size: int = 14) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    features = ndimage.gaussian_filter(rng.standard_normal((size, size, 8)).astype(np.float32), (1.2, 1.2, 0))
+    thresholds = sorted(rng.uniform(0.1, 0.95, 6).tolist(), reverse=True)
+    return agglomerative_merge(features + 0.3, thresholds)
+
+
+def _brute_force_containers(masks: np.ndarray) -> np.ndarray:
+    """Smallest strictly containing mask of each mask, from the decoded pixels."""
+    flat = masks.reshape(len(masks), -1)
+    areas = flat.sum(axis=1)
+    containers = np.full(len(masks), -1, dtype=np.int64)
+    for i in range(len(masks)):
+        holders = [j for j in range(len(masks)) if j != i and not (flat[i] & ~flat[j]).any()]
+        if holders:
+            containers[i] = min(holders, key=lambda j: areas[j])
+    return containers
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merged_maps_are_detected_as_nested_with_their_containers(seed: int) -> None:
+    pool = regions_from_label_maps(_merged_maps(seed), (42, 30))
+    assert pool.containers is not None
+    masks = decode_masks(pool.rles)
+    np.testing.assert_array_equal(pool.containers, _brute_force_containers(masks))
+    # Nested: every pair is disjoint or one holds the other, the premise of the fast NMS.
+    iou = pairwise_iou(pool.rles, pool.rles)
+    areas = pool.areas.astype(np.float64)
+    for i, j in zip(*np.nonzero(iou > 0), strict=True):
+        assert iou[i, j] == min(areas[i], areas[j]) / max(areas[i], areas[j])
+
+
+def test_maps_that_are_not_nested_get_no_containers() -> None:
+    left_right = np.zeros((4, 4), dtype=np.int32)
+    left_right[:, 2:] = 1
+    top_bottom = np.zeros((4, 4), dtype=np.int32)
+    top_bottom[2:] = 1
+    quarters = left_right + 2 * top_bottom
+    assert regions_from_label_maps([quarters, left_right], (8, 8)).containers is not None
+    assert regions_from_label_maps([left_right, top_bottom], (8, 8)).containers is None
+    assert regions_from_label_maps([quarters, left_right, top_bottom], (8, 8)).containers is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("iou_threshold", [0.0, 0.5, 0.75, 0.9, 1.0])
+def test_containment_nms_equals_pairwise_mask_nms(seed: int, iou_threshold: float) -> None:
+    maps = _merged_maps(seed, size=10 + seed)
+    pool = regions_from_label_maps(maps, (3 * (10 + seed) + seed, 2 * (10 + seed)))
+    assert pool.containers is not None
+    fast = deduplicate_regions(pool, iou_threshold)
+    generic = deduplicate_regions(dataclasses.replace(pool, containers=None), iou_threshold)
+    assert [r["counts"] for r in fast.rles] == [r["counts"] for r in generic.rles]
+    # And against masks.mask_nms called directly with the preference as scores.
+    scores = pool.num_levels * 1000.0 - np.arange(len(pool))
+    expected = np.sort(mask_nms(pool.rles, scores, iou_threshold))
+    assert [r["counts"] for r in fast.rles] == [pool.rles[i]["counts"] for i in expected]
+    np.testing.assert_array_equal(fast.num_levels, pool.num_levels[expected])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_subset_keeps_the_nearest_container_inside_the_subset(seed: int) -> None:
+    pool = regions_from_label_maps(_merged_maps(seed), (28, 28))
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(pool))[: len(pool) // 2]
+    part = pool.subset(chosen)
+    assert part.containers is not None
+    np.testing.assert_array_equal(part.containers, _brute_force_containers(decode_masks(part.rles)))
+    fast = deduplicate_regions(part, 0.6)
+    generic = deduplicate_regions(dataclasses.replace(part, containers=None), 0.6)
+    assert [r["counts"] for r in fast.rles] == [r["counts"] for r in generic.rles]
+    assert pool.subset(np.concatenate([chosen, chosen[:1]])).containers is None
+
+
+def test_pool_nms_on_maps_that_are_not_nested_matches_mask_nms() -> None:
+    rng = np.random.default_rng(7)
+    maps = [rng.integers(0, 3, (6, 6)).astype(np.int32) for _ in range(4)]
+    pool = regions_from_label_maps(maps, (12, 18))
+    assert pool.containers is None
+    kept = deduplicate_regions(pool, 0.3)
+    scores = pool.num_levels * 1000.0 - np.arange(len(pool))
+    expected = np.sort(mask_nms(pool.rles, scores, 0.3))
+    assert [r["counts"] for r in kept.rles] == [pool.rles[i]["counts"] for i in expected]
+
+
+def test_encode_rle_counts_matches_pycocotools() -> None:
+    rng = np.random.default_rng(0)
+    masks = [rng.random((9, 7)) < p for p in (0.0, 0.1, 0.5, 0.9, 1.0)]
+    masks.append(np.zeros((300, 400), dtype=bool))
+    masks[-1][100:250, 30:] = True  # long runs: several 5-bit groups, negative deltas
+    masks.append(np.ones((1, 1), dtype=bool))
+    counts: list[int] = []
+    lengths: list[int] = []
+    expected: list[str] = []
+    for mask in masks:
+        flat = mask.T.ravel()  # COCO runs go down the columns and start with zeros
+        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], changes, [flat.size])))
+        if flat[0]:
+            runs = np.concatenate(([0], runs))
+        counts.extend(int(v) for v in runs)
+        lengths.append(len(runs))
+        expected.append(coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode())
+    assert encode_rle_counts(np.array(counts), np.array(lengths)) == expected
+    assert encode_rle_counts(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)) == []

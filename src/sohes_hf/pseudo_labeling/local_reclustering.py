@@ -19,7 +19,8 @@ Choices the paper leaves open, made here:
   complete and is kept (otherwise entities at the image edge could never be re-discovered).
 * The same subregion found at several merging thresholds is kept once.
 
-Subregion masks are returned at S x S as COCO RLEs.
+Subregion masks are returned at S x S as COCO RLEs, encoded straight from the crop grid
+(:func:`window_run_lengths`) and compressed together in one vectorised pass.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sohes_hf.logging_utils import get_logger
-from sohes_hf.masks import mask_boxes_xywh, normalize_rle
+from sohes_hf.masks import encode_rle_counts, mask_boxes_xywh, normalize_rle
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.merge import agglomerative_merge
 
@@ -115,29 +116,41 @@ def complete_subregions(
     inner_left, inner_top = window.x0 > 0, window.y0 > 0
     inner_right = window.x0 + window.side < image_size
     inner_bottom = window.y0 + window.side < image_size
+    if len(label_maps) == 0:
+        return [], 0
+    # All maps at once: map m's label l becomes offsets[m] + l, so one stable sort gives every
+    # label's patch indices (in increasing order, offset by m * num_patches).
+    stacked = np.stack([np.asarray(label_map, dtype=np.int64) for label_map in label_maps])
+    shape = stacked.shape[1:]
+    num_patches = shape[0] * shape[1]
+    offsets = np.concatenate(([0], np.cumsum(stacked.reshape(len(stacked), -1).max(axis=1) + 1)))
+    stacked += offsets[:-1, None, None]
+    touching = np.zeros(int(offsets[-1]), dtype=bool)
+    for inner, edge in (
+        (inner_top, stacked[:, 0, :]),
+        (inner_bottom, stacked[:, -1, :]),
+        (inner_left, stacked[:, :, 0]),
+        (inner_right, stacked[:, :, -1]),
+    ):
+        if inner:
+            touching[edge] = True
+    combined = stacked.ravel()
+    order = np.argsort(combined, kind="stable")
+    bounds = np.searchsorted(combined[order], np.arange(offsets[-1] + 1)).tolist()
     seen: set[bytes] = set()
     kept: list[np.ndarray] = []
-    discarded = 0
-    for label_map in label_maps:
-        touching: set[int] = set()
-        for inner, edge in (
-            (inner_top, label_map[0, :]),
-            (inner_bottom, label_map[-1, :]),
-            (inner_left, label_map[:, 0]),
-            (inner_right, label_map[:, -1]),
-        ):
-            if inner:
-                touching.update(int(v) for v in np.unique(edge))
-        for label in range(int(label_map.max()) + 1):
-            if label in touching:
-                discarded += 1
-                continue
-            mask = label_map == label
-            signature = np.packbits(mask).tobytes()
-            if signature not in seen:
-                seen.add(signature)
-                kept.append(mask)
-    return kept, discarded
+    # Maps in order, labels in increasing order within a map; a label absent from its map
+    # gives the empty set (kept once, as an empty mask).
+    for label in np.flatnonzero(~touching).tolist():
+        members = order[bounds[label] : bounds[label + 1]]
+        patches = members - (int(members[0]) // num_patches) * num_patches if members.size else members
+        signature = patches.tobytes()
+        if signature not in seen:
+            seen.add(signature)
+            mask = np.zeros(shape, dtype=bool)
+            mask.flat[patches] = True
+            kept.append(mask)
+    return kept, int(touching.sum())
 
 
 def paste_grid_mask(grid_mask: np.ndarray, window: CropWindow, image_size: int) -> np.ndarray:
@@ -153,6 +166,17 @@ def paste_grid_mask(grid_mask: np.ndarray, window: CropWindow, image_size: int) 
 
 def window_rle(grid_mask: np.ndarray, window: CropWindow, image_size: int) -> dict[str, Any] | None:
     """COCO RLE of :func:`paste_grid_mask` computed from the (g, g) grid, or None if empty.
+
+    See :func:`window_run_lengths`; the runs are compressed by pycocotools.
+    """
+    counts = window_run_lengths(grid_mask, window, image_size)
+    if counts is None:
+        return None
+    return normalize_rle({"size": [image_size, image_size], "counts": counts.tolist()})
+
+
+def window_run_lengths(grid_mask: np.ndarray, window: CropWindow, image_size: int) -> np.ndarray | None:
+    """Uncompressed COCO run lengths (int64) of :func:`paste_grid_mask`, or None if empty.
 
     COCO RLE runs down the columns of the S x S image. A column inside the window is ``y0``
     zeros, the grid column it samples (grid row ``r`` repeated as often as the window samples
@@ -180,10 +204,10 @@ def window_rle(grid_mask: np.ndarray, window: CropWindow, image_size: int) -> di
     if not values_flat.any():
         return None
     starts = np.concatenate(([0], np.flatnonzero(values_flat[1:] != values_flat[:-1]) + 1))
-    counts = np.add.reduceat(weights, starts).tolist()
+    counts = np.add.reduceat(weights, starts).astype(np.int64)
     if values_flat[0]:
-        counts.insert(0, 0)  # COCO RLE starts with a run of zeros
-    return normalize_rle({"size": [image_size, image_size], "counts": [int(c) for c in counts]})
+        counts = np.concatenate(([0], counts))  # COCO RLE starts with a run of zeros
+    return counts
 
 
 def local_recluster(
@@ -222,16 +246,19 @@ def local_recluster(
     network_start = time.perf_counter()
     features = extractor.extract(crops, config.local_crop_size)
     network_seconds = time.perf_counter() - network_start
-    masks: list[dict[str, Any]] = []
+    runs: list[np.ndarray] = []
     num_discarded = 0
     for window, crop_features in zip(windows, features, strict=True):
         label_maps = agglomerative_merge(crop_features, config.merge_thresholds)
         grid_masks, discarded = complete_subregions(label_maps, window, size)
         num_discarded += discarded
         for grid_mask in grid_masks:
-            rle = window_rle(grid_mask, window, size)
-            if rle is not None:
-                masks.append(rle)
+            counts = window_run_lengths(grid_mask, window, size)
+            if counts is not None:
+                runs.append(counts)
+    # One vectorised compression for all subregions (as window_rle, without per-mask calls).
+    strings = encode_rle_counts(np.concatenate(runs), np.asarray([r.size for r in runs])) if runs else []
+    masks = [{"size": [size, size], "counts": string} for string in strings]
     seconds = time.perf_counter() - start
     logger.debug(
         "local re-clustering: %d crops -> %d subregions (%d touched the crop boundary)",

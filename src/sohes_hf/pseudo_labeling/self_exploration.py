@@ -29,13 +29,16 @@ from typing import Any
 import numpy as np
 
 from sohes_hf.logging_utils import get_logger
-from sohes_hf.masks import decode_mask, mask_areas, mask_boxes_xywh, mask_nms, normalize_rle
+from sohes_hf.masks import decode_mask, encode_rle_counts, mask_areas, mask_boxes_xywh, mask_nms
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.hierarchy import build_hierarchy, hierarchy_depths, order_parents_first
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor, local_recluster
 from sohes_hf.pseudo_labeling.merge import agglomerative_merge
 from sohes_hf.pseudo_labeling.refinement import MaskRefiner, check_rgb_image, refine_and_filter
-from sohes_hf.pseudo_labeling.region_pool import deduplicate_regions, regions_from_label_maps
+from sohes_hf.pseudo_labeling.region_pool import (
+    deduplicate_regions,
+    regions_from_label_maps,
+)
 
 logger = get_logger(__name__)
 
@@ -282,7 +285,8 @@ def resize_rle_nearest(rle: Mapping[str, Any], height: int, width: int) -> dict[
     unique, counts = np.unique(positions, return_counts=True)
     toggles = unique[counts % 2 == 1]
     run_lengths = np.diff(np.concatenate(([0], toggles, [height * width])))
-    return normalize_rle({"size": [height, width], "counts": [int(v) for v in run_lengths]})
+    strings = encode_rle_counts(run_lengths.astype(np.int64), np.asarray([run_lengths.size]))
+    return {"size": [height, width], "counts": strings[0]}
 
 
 def _hierarchy(
