@@ -17,7 +17,11 @@ import pytest
 import torch
 from scipy import ndimage
 
-from sohes_hf.pseudo_labeling.merge import DEFAULT_MERGE_THRESHOLDS, agglomerative_merge
+from sohes_hf.pseudo_labeling.merge import (
+    DEFAULT_MERGE_THRESHOLDS,
+    agglomerative_merge,
+    agglomerative_merge_batch,
+)
 
 
 def _dot(x: np.ndarray, y: np.ndarray) -> float:
@@ -252,3 +256,29 @@ def test_bad_input_raises_value_error_naming_argument(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         agglomerative_merge(features, thresholds)  # type: ignore[arg-type]
+
+
+def test_batch_equals_one_merge_per_grid() -> None:
+    grids = np.stack([_smooth_grid(seed, 9, 7, 12) for seed in range(4)])
+    grids[2, 3:6, 2:5] = grids[2, 3, 2]  # exact ties in one grid
+    batch = agglomerative_merge_batch(grids, THRESHOLDS)
+    assert len(batch) == 4
+    for grid, label_maps in zip(grids, batch, strict=True):
+        for got, expected in zip(label_maps, reference_merge(grid, THRESHOLDS), strict=True):
+            np.testing.assert_array_equal(got, expected)
+    torch_batch = agglomerative_merge_batch(torch.from_numpy(grids), THRESHOLDS)
+    for from_torch, from_numpy in zip(torch_batch, batch, strict=True):
+        for a, b in zip(from_torch, from_numpy, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert agglomerative_merge_batch(np.zeros((0, 4, 4, 3), dtype=np.float32), THRESHOLDS) == []
+
+
+def test_batch_rejects_bad_input_naming_the_argument() -> None:
+    with pytest.raises(ValueError, match="features"):
+        agglomerative_merge_batch(np.zeros((4, 4, 3), dtype=np.float32))
+    bad = np.ones((2, 4, 4, 3), dtype=np.float32)
+    bad[1, 2, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="features"):
+        agglomerative_merge_batch(bad)
+    with pytest.raises(ValueError, match="thresholds"):
+        agglomerative_merge_batch(np.ones((1, 4, 4, 3), dtype=np.float32), [])

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "DinoFeatureExtractor": "features",
     "preprocess_images": "features",
     "agglomerative_merge": "merge",
+    "agglomerative_merge_batch": "merge",
     "DEFAULT_MERGE_THRESHOLDS": "merge",
     "RegionPool": "region_pool",
     "regions_from_label_maps": "region_pool",
@@ -79,6 +80,7 @@ __all__ = [
     "SelfExplorationConfig",
     "ShardPaths",
     "agglomerative_merge",
+    "agglomerative_merge_batch",
     "analyze_hierarchy",
     "build_hierarchy",
     "build_refiner",
@@ -119,7 +121,11 @@ if TYPE_CHECKING:
         LocalReclusteringResult,
         local_recluster,
     )
-    from sohes_hf.pseudo_labeling.merge import DEFAULT_MERGE_THRESHOLDS, agglomerative_merge
+    from sohes_hf.pseudo_labeling.merge import (
+        DEFAULT_MERGE_THRESHOLDS,
+        agglomerative_merge,
+        agglomerative_merge_batch,
+    )
     from sohes_hf.pseudo_labeling.refinement import (
         CascadePSPRefiner,
         IdentityRefiner,

@@ -35,7 +35,7 @@ import numpy as np
 from sohes_hf.logging_utils import get_logger
 from sohes_hf.masks import encode_rle_counts, mask_boxes_xywh, normalize_rle
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
-from sohes_hf.pseudo_labeling.merge import agglomerative_merge
+from sohes_hf.pseudo_labeling.merge import agglomerative_merge_batch
 
 logger = get_logger(__name__)
 
@@ -248,8 +248,8 @@ def local_recluster(
     network_seconds = time.perf_counter() - network_start
     runs: list[np.ndarray] = []
     num_discarded = 0
-    for window, crop_features in zip(windows, features, strict=True):
-        label_maps = agglomerative_merge(crop_features, config.merge_thresholds)
+    crop_label_maps = agglomerative_merge_batch(features, config.merge_thresholds) if windows else []
+    for window, label_maps in zip(windows, crop_label_maps, strict=True):
         grid_masks, discarded = complete_subregions(label_maps, window, size)
         num_discarded += discarded
         for grid_mask in grid_masks:
