@@ -11,6 +11,7 @@ model).
     python benchmarks/benchmark_pipeline.py                          # tiny+vitb8, 512+1024
     python benchmarks/benchmark_pipeline.py --configs tiny --sizes 512 --repeats 5
     python benchmarks/benchmark_pipeline.py --device cuda --configs vitb8
+    python benchmarks/benchmark_pipeline.py --configs tiny --threads 1  # a loaded 2-core machine
 """
 
 from __future__ import annotations
@@ -85,7 +86,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threshold", type=float, default=0.0)
     parser.add_argument("--max-instances", type=int, default=1000)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op CPU threads (default: torch's choice)"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     label = (
         torch.cuda.get_device_name(device)
