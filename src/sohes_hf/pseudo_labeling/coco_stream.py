@@ -44,7 +44,8 @@ MAX_ELEMENT_CHARS = 1 << 26
 is a corrupt file (one annotation of a 1500 x 2250 SA-1B image is at most a few hundred KB)."""
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``default=`` hook for ``json``: numpy integers and floats as Python numbers, nothing else."""
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):
@@ -52,7 +53,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-_ENCODER = json.JSONEncoder(allow_nan=False, default=_json_default)  # built once: many small values
+_ENCODER = json.JSONEncoder(allow_nan=False, default=json_default)  # built once: many small values
 _SCALAR_END = re.compile(r"[,\]}\s]")
 _COPY_CHARS = DEFAULT_CHUNK_CHARS  # characters per read when the annotations are appended to the images
 

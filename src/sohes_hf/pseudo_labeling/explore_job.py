@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from sohes_hf import __version__
@@ -56,7 +55,7 @@ from sohes_hf.data.image_sources import (
     shard_entries,
 )
 from sohes_hf.logging_utils import get_logger
-from sohes_hf.pseudo_labeling.coco_stream import CocoStreamWriter
+from sohes_hf.pseudo_labeling.coco_stream import CocoStreamWriter, json_default
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.explore_journal import Journal, index_journal
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor
@@ -404,12 +403,4 @@ def _chunks(items: Sequence[ImageEntry], size: int) -> Iterator[Sequence[ImageEn
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    write_json_atomic(path, payload, indent=None, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    write_json_atomic(path, payload, indent=None, default=json_default)
