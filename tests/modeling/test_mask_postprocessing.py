@@ -241,7 +241,7 @@ def test_processor_post_processing_matches_full_size() -> None:
         assert entity.score == pytest.approx(score, abs=1e-6)
 
 
-def test_restores_torch_threads() -> None:
+def test_leaves_the_torch_thread_setting_alone() -> None:
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

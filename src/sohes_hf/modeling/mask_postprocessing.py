@@ -30,8 +30,6 @@ into Hub repositories for ``trust_remote_code`` loading).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,24 +202,6 @@ def _window_rle(window: np.ndarray, origin: tuple[int, int], size: tuple[int, in
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Runs torch CPU ops on one intra-op thread inside the block, then restores the setting.
-
-    Window ops are small (a few thousand to ~1M elements) and many: splitting each over threads
-    gains little, and when the cores are shared with other work a thread that is not scheduled
-    stalls every op (measured 10-40x slower with 2 threads on a busy 2-core machine).
-    """
-    previous = torch.get_num_threads()
-    if previous != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if previous != 1:
-            torch.set_num_threads(previous)
-
-
 def binarize_mask_logits(
     mask_logits: torch.Tensor,
     class_probs: torch.Tensor,
@@ -272,10 +252,9 @@ def binarize_mask_logits(
     down_rows = _linear_taps(valid_height, height) if resize else None
     down_cols = _linear_taps(valid_width, width) if resize else None
 
-    with _one_torch_thread():
-        return _binarize_windows(
-            logits, probs, up_rows, up_cols, down_rows, down_cols, valid_size, target_size, threshold
-        )
+    return _binarize_windows(
+        logits, probs, up_rows, up_cols, down_rows, down_cols, valid_size, target_size, threshold
+    )
 
 
 def _binarize_windows(
