@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import ViTConfig, ViTModel
+from transformers import ViTModel
 
 from sohes_hf.cli import convert as convert_cli
 from sohes_hf.cli.main import CliError
@@ -19,6 +19,7 @@ from sohes_hf.modeling.conversion import (
     load_dino_checkpoint,
     vit_state_dict_to_dino,
 )
+from sohes_hf.modeling.testing_utils import tiny_dino_vit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,16 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def reference() -> ViTModel:
     """A tiny DINO-shaped ViT (2 layers, width 32, 2 heads of 16, patch 8, 32 px grid 4x4)."""
     torch.manual_seed(0)
-    config = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        patch_size=8,
-        image_size=32,
-        layer_norm_eps=DINO_LAYER_NORM_EPS,
-    )
-    return ViTModel(config, add_pooling_layer=False).eval()
+    return tiny_dino_vit(image_size=32, layer_norm_eps=DINO_LAYER_NORM_EPS)
 
 
 def _original_layout(model: ViTModel) -> dict[str, torch.Tensor]:

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
-from transformers import ViTConfig, ViTModel
 
 from sohes_hf.cli import main as cli_main
 from sohes_hf.data.image_sources import list_images
 from sohes_hf.masks import decode_mask
+from sohes_hf.modeling.testing_utils import tiny_dino_vit
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.explore_job import ExploreJobConfig, ShardPaths, merge_shards, run_explore_job
 from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor
@@ -35,16 +35,8 @@ class Crash(RuntimeError):
 @pytest.fixture(scope="module")
 def vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    config = ViTConfig(
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=64,
-    )
     path = tmp_path_factory.mktemp("vit") / "tiny-dino"
-    ViTModel(config, add_pooling_layer=False).save_pretrained(path)
+    tiny_dino_vit().save_pretrained(path)
     return path
 
 

@@ -8,22 +8,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import ViTConfig, ViTModel
+from transformers import ViTModel
 
+from sohes_hf.modeling.testing_utils import tiny_dino_vit
 from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor, preprocess_images
 
 
 def _tiny_vit() -> ViTModel:
     torch.manual_seed(0)
-    config = ViTConfig(
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=64,
-    )
-    return ViTModel(config, add_pooling_layer=False).eval()
+    return tiny_dino_vit()
 
 
 def _images() -> list[np.ndarray]:

@@ -1,10 +1,10 @@
-"""Tiny SOHES configurations for tests and examples (CPU, 64-128 px images, seconds per step)."""
+"""Tiny SOHES configurations and DINO-shaped ViTs for tests and examples (CPU, 32-128 px images)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, ViTConfig, ViTModel
 
 from .configuration_sohes import SohesConfig
 
@@ -60,3 +60,22 @@ def tiny_sohes_config_kwargs(**overrides: Any) -> dict[str, Any]:
     }
     settings.update(overrides)
     return settings
+
+
+def tiny_dino_vit(**overrides: Any) -> ViTModel:
+    """A tiny randomly initialised DINO-shaped ``ViTModel`` (no pooler), in eval mode.
+
+    Patch 8 like ViT-B/8, 2 layers of width 32 with 2 heads, MLP 64, 64 px images; any
+    ``ViTConfig`` field can be overridden (e.g. ``layer_norm_eps=1e-6`` as in DINO's own
+    checkpoints). Weights come from torch's global generator: seed it for reproducible models.
+    """
+    settings: dict[str, Any] = {
+        "patch_size": 8,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "image_size": 64,
+    }
+    settings.update(overrides)
+    return ViTModel(ViTConfig(**settings), add_pooling_layer=False).eval()
