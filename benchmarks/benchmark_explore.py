@@ -13,18 +13,25 @@ Three measurements:
 3. ``vitb8``: DINO ViT-B/8-sized backbone (random weights from ``ViTConfig``, nothing
    downloaded) at 1,024 px on a GPU when one is available: backbone seconds per image.
 
-Also ``pool``: the region pool and its NMS (both exact paths) on ~1,600 regions.
+Also ``pool``: the region pool and its NMS (both exact paths) on ~1,600 regions, and ``workers``:
+the explore job (``run_explore_job``: PNG decode, journal and COCO file included) on 1,024 px
+images with the stand-in backbone of (1), images/s for each ``--workers`` value (threads
+exploring images concurrently), checking that every value writes the same file.
 
-Usage: ``python benchmarks/benchmark_explore.py [--parts non-network,pool,tiny,vitb8] [--repeats 3]``
+Usage: ``python benchmarks/benchmark_explore.py [--parts non-network,pool,tiny,vitb8,workers] [--repeats 3]``
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import filecmp
 import statistics
+import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -62,7 +69,8 @@ class ProjectedColorFeatures:
         rng = np.random.default_rng(seed)
         self.projection = rng.normal(size=(3, dim)).astype(np.float32)
         self.noise = noise
-        self.rng = rng
+        self.seed = seed
+        self._noise_fields: dict[int, np.ndarray] = {}
 
     def extract(self, images: Sequence[np.ndarray], size: int) -> np.ndarray:
         grid = size // self.patch_size
@@ -72,7 +80,16 @@ class ProjectedColorFeatures:
                 cv2.resize(image, (grid, grid), interpolation=cv2.INTER_AREA).astype(np.float32) / 127.5 - 1.0
             )
             features = small @ self.projection
-            features += self.noise * self.rng.normal(size=features.shape).astype(np.float32)
+            # One white-noise field per size, shifted by a hash of the image: the same image gets
+            # the same features whatever the order of the calls (worker threads reorder them), and
+            # drawing fresh noise per call would cost more than the CPU steps being measured.
+            if grid not in self._noise_fields:
+                rng = np.random.default_rng([self.seed, grid])
+                self._noise_fields[grid] = self.noise * rng.normal(size=features.shape).astype(np.float32)
+            shift = zlib.crc32(image.tobytes()) % (grid * grid)
+            features += np.roll(self._noise_fields[grid].reshape(grid * grid, -1), shift, axis=0).reshape(
+                features.shape
+            )
             out.append(features)
         return np.stack(out) if out else np.zeros((0, grid, grid, self.projection.shape[1]), np.float32)
 
@@ -293,6 +310,45 @@ def bench_tiny(num_images: int, image_size: int) -> None:
     )
 
 
+def bench_workers(num_images: int, workers_values: Sequence[int]) -> None:
+    from PIL import Image
+
+    from sohes_hf.pseudo_labeling.explore_job import ExploreJobConfig, run_explore_job
+
+    extractor = ProjectedColorFeatures()
+    explore_image(  # warm-up (numba)
+        synthetic_scene(256, 99),
+        extractor,
+        IdentityRefiner(),
+        SelfExplorationConfig(image_size=256, refiner="none"),
+    )
+    print(f"== explore job, {num_images} images at 1024 px, stand-in 768-D features, refiner none ==")
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "images").mkdir()
+        for seed in range(num_images):
+            Image.fromarray(synthetic_scene(1024, seed)).save(root / "images" / f"{seed:03d}.png")
+        files = []
+        for workers in workers_values:
+            job = ExploreJobConfig(
+                inputs=(str(root / "images"),),
+                output_dir=str(root / f"out_{workers}"),
+                exploration=SelfExplorationConfig(refiner="none"),
+                workers=workers,
+            )
+            start, cpu_start = time.perf_counter(), time.process_time()
+            summary = run_explore_job(job, extractor, IdentityRefiner(), show_progress=False)
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            files.append(summary.paths.annotations)
+            print(
+                f"  workers {workers}: {num_images / seconds:.2f} images/s "
+                f"({seconds / num_images:.2f} s/image wall, {cpu / num_images:.2f} s/image CPU), "
+                f"{summary.masks_per_image:.1f} masks/image"
+            )
+        same = all(filecmp.cmp(files[0], other, shallow=False) for other in files[1:])
+        print(f"  same output file for every workers value: {same}")
+
+
 def bench_vitb8(repeats: int) -> None:
     if not torch.cuda.is_available():
         print("== ViT-B/8 at 1024 px: skipped (no GPU) ==")
@@ -328,6 +384,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--tiny-image-size", type=int, default=256)
+    parser.add_argument("--workers", default="1,2", help="workers values of the 'workers' part")
     args = parser.parse_args()
     parts = args.parts.split(",")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
@@ -339,6 +396,8 @@ def main() -> None:
         bench_tiny(args.num_images, args.tiny_image_size)
     if "vitb8" in parts:
         bench_vitb8(args.repeats)
+    if "workers" in parts:
+        bench_workers(args.num_images, [int(value) for value in args.workers.split(",")])
 
 
 if __name__ == "__main__":

@@ -186,6 +186,26 @@ def test_kill_and_resume_equals_an_uninterrupted_run(
     assert [json.loads(line)["key"] for line in journal[1:]] != listing
 
 
+def test_workers_give_the_same_file_and_resume_each_other(
+    reference_bytes: bytes, image_dir: Path, extractor: DinoFeatureExtractor, tmp_path: Path
+) -> None:
+    """Threads change the completion order only: the file is the single-threaded one, byte for byte."""
+    parallel = tmp_path / "parallel"
+    summary = run_explore_job(
+        _job(image_dir, parallel, workers=3), extractor, IdentityRefiner(), show_progress=False
+    )
+    assert summary.paths.annotations.read_bytes() == reference_bytes
+    # Killed with two workers, resumed with one (workers are not part of the configuration).
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        _run(_job(image_dir, resumed, workers=2, checkpoint_every=1), extractor, crash_after=4)
+    journal = ShardPaths.of(resumed, 0, 1).journal.read_text().splitlines()
+    assert len(journal) == 1 + 4  # the finished images only: results still in flight are not journaled
+    summary = run_explore_job(_job(image_dir, resumed), extractor, IdentityRefiner(), show_progress=False)
+    assert summary.num_resumed == 4
+    assert summary.paths.annotations.read_bytes() == reference_bytes
+
+
 def test_resume_with_another_configuration_is_refused(
     image_dir: Path, extractor: DinoFeatureExtractor, tmp_path: Path
 ) -> None:
@@ -236,6 +256,8 @@ def test_job_config_rejects_bad_values(tmp_path: Path) -> None:
         ExploreJobConfig(inputs=("x",), output_dir=str(tmp_path), checkpoint_every=0)
     with pytest.raises(ValueError, match="inputs"):
         ExploreJobConfig(inputs=(), output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="workers"):
+        ExploreJobConfig(inputs=("x",), output_dir=str(tmp_path), workers=0)
 
 
 @pytest.fixture
@@ -250,6 +272,7 @@ def sohes(monkeypatch: pytest.MonkeyPatch):
         (["--refiner", "crf"], "--refiner"),
         (["--feature", "cls"], "--feature"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--workers", "0"], "--workers"),
         (["--image-size", "60"], "--image-size"),
         (["--num-shards", "2"], "--num-shards/--shard-index"),
         (["--num-shards", "2", "--shard-index", "5"], "--shard-index"),

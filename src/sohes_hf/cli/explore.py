@@ -3,6 +3,7 @@
 Examples::
 
     sohes explore images/ --output pseudo/ --refiner none
+    sohes explore images/ --output pseudo/ --workers 8                            # 8 images at once
     accelerate launch -m sohes_hf.cli.main explore sa1b/*.tar --output pseudo/   # one shard per process
     sohes explore --merge pseudo/ --output pseudo_labels.json                    # shards -> one COCO file
 """
@@ -51,6 +52,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--num-shards", type=int, help="shards (default: accelerate's process count)")
     parser.add_argument(
         "--shard-index", type=int, help="this run's shard (default: accelerate's process index)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="images explored at once by CPU threads (clustering in parallel; network passes one at a time)",
     )
     parser.add_argument("--checkpoint-every", type=int, default=10, help="images between journal flushes")
     parser.add_argument("--image-size", type=int, default=1024, help="S, the clustering resolution (pixels)")
@@ -124,7 +131,11 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
         raise cli_error(
             f"--feature: {args.feature!r} is not accepted; accepted values: {', '.join(_FEATURE_KINDS)}"
         )
-    for flag, value in (("--batch-size", args.batch_size), ("--checkpoint-every", args.checkpoint_every)):
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--checkpoint-every", args.checkpoint_every),
+        ("--workers", args.workers),
+    ):
         if value < 1:
             raise cli_error(f"{flag}: must be a positive integer, got {value}")
     if args.image_size < 8 or args.image_size % 8 != 0:
@@ -161,6 +172,7 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
             backbone=args.backbone,
             exploration=exploration,
             max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+            workers=args.workers,
         )
     except ValueError as error:
         raise cli_error(str(error)) from error

@@ -40,6 +40,18 @@ class SelfExplorationConfig:
             context as region, so re-clustering can see where the entity ends).
         min_local_crop_side: smallest crop side in pixels of the S x S image, so a one-patch region
             still gets a crop of several patches (32 = the COCO "small" side at S=1,024).
+        max_local_crops: at most this many small regions of an image are re-clustered, the largest
+            first; the rest are dropped and logged (the paper has no limit). A bound on the time of
+            an image: a region costs a crop through the backbone and a merge (~12 ms on CPU), and
+            features that barely correlate (noise, textures, a random backbone) leave one-patch
+            regions by the thousand (1,489 in one synthetic 1,024 px image) where a typical image has
+            ~70 (docs/benchmarks.md).
+        min_subregion_area: local subregions smaller than this many pixels of the S x S image are
+            dropped (the paper has no limit; 0 keeps all). The smallest crop (32 px, zoomed to S'
+            = 256) clusters 1-px cells, so noise-like crop features give one subregion per pixel:
+            over a million masks in that same image, which no NMS can compare pairwise. 16 px is a
+            4 x 4 entity at S = 1,024, smaller than the 4 x 4 cell of a Mask2Former mask logit at
+            1/4 resolution, so nothing the model could learn from is lost.
         refinement_iou_threshold: masks whose IoU between before and after refinement is below this
             are dropped as noisy (section 3.1 step 3 "remove the ones that have poor IoUs"; the paper
             gives no value; 0.5 drops a mask when refinement moved most of it, i.e. when the
@@ -66,6 +78,8 @@ class SelfExplorationConfig:
     local_crop_size: int = 256
     local_crop_context: float = 2.0
     min_local_crop_side: int = 32
+    max_local_crops: int = 256
+    min_subregion_area: int = 16
     refinement_iou_threshold: float = 0.5
     coverage_threshold: float = 0.9
     feature_kind: str = "keys"
@@ -81,6 +95,8 @@ class SelfExplorationConfig:
         _check_int(self, "image_size", minimum=8)
         _check_int(self, "local_crop_size", minimum=8)
         _check_int(self, "min_local_crop_side", minimum=1)
+        _check_int(self, "max_local_crops", minimum=0)
+        _check_int(self, "min_subregion_area", minimum=0)
         _check_int(self, "min_image_side", minimum=1)
         _check_int(self, "feature_batch_size", minimum=1)
         _check_int(self, "refinement_max_side", minimum=8)

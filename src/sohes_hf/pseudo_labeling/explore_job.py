@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from sohes_hf import __version__
@@ -58,6 +60,7 @@ from sohes_hf.logging_utils import get_logger
 from sohes_hf.pseudo_labeling.coco_stream import CocoStreamWriter, json_default
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.explore_journal import Journal, index_journal
+from sohes_hf.pseudo_labeling.explore_workers import SerializedExtractor, SerializedRefiner, map_in_threads
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor
 from sohes_hf.pseudo_labeling.refinement import MaskRefiner
 from sohes_hf.pseudo_labeling.self_exploration import ImagePseudoLabels, explore_image
@@ -83,6 +86,9 @@ class ExploreJobConfig:
         backbone: backbone name recorded in the output's ``info`` (provenance only; the refiner
             is ``exploration.refiner``).
         exploration: the self-exploration hyper-parameters.
+        workers: images explored concurrently by CPU threads (see
+            :mod:`~.explore_workers`); network passes still run one at a time. The output does not
+            depend on it, so a run may be resumed with another value.
     """
 
     inputs: tuple[str, ...]
@@ -93,11 +99,12 @@ class ExploreJobConfig:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     backbone: str = "facebook/dino-vitb8"
     exploration: SelfExplorationConfig = field(default_factory=SelfExplorationConfig)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ValueError("inputs: no image inputs given")
-        for name in ("num_shards", "checkpoint_every", "max_image_pixels"):
+        for name in ("num_shards", "checkpoint_every", "max_image_pixels", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
@@ -225,18 +232,37 @@ def run_explore_job(
             if on_image_done is not None:
                 on_image_done(num_done)
 
-        for batch in _chunks(todo, config.feature_batch_size):
-            loaded = []
-            for entry in batch:
-                try:
-                    loaded.append((entry, reader.read(entry)))
-                except ImageReadError as error:
-                    logger.warning("skipping %s: %s", entry.key, error.reason)
-                    finish(entry, _skipped_record(entry, error.reason))
-            features = extractor.extract([image for _, image in loaded], config.image_size)
-            for (entry, image), image_features in zip(loaded, features, strict=True):
-                labels = explore_image(image, extractor, refiner, config, global_features=image_features)
+        network_lock = threading.Lock()
+        serialized_extractor = SerializedExtractor(extractor, network_lock)
+        serialized_refiner = SerializedRefiner(refiner, network_lock)
+
+        def loaded_images() -> Iterator[tuple[ImageEntry, np.ndarray, np.ndarray]]:
+            """Reads the images batch by batch (journaling the unreadable ones) with their features."""
+            for batch in _chunks(todo, config.feature_batch_size):
+                loaded = []
+                for entry in batch:
+                    try:
+                        loaded.append((entry, reader.read(entry)))
+                    except ImageReadError as error:
+                        logger.warning("skipping %s: %s", entry.key, error.reason)
+                        finish(entry, _skipped_record(entry, error.reason))
+                images = [image for _, image in loaded]
+                features = serialized_extractor.extract(images, config.image_size)
+                for (entry, image), image_features in zip(loaded, features, strict=True):
+                    yield entry, image, image_features
+
+        def explore(item: tuple[ImageEntry, np.ndarray, np.ndarray]) -> ImagePseudoLabels:
+            _, image, image_features = item
+            return explore_image(
+                image, serialized_extractor, serialized_refiner, config, global_features=image_features
+            )
+
+        results = map_in_threads(explore, loaded_images(), job.workers)
+        try:
+            for (entry, _, _), labels in results:
                 finish(entry, _image_record(entry, labels))
+        finally:
+            results.close()  # on an error: cancel the images not started, let the running ones end
     totals = _assemble(paths, entries, offsets, header, show_progress)
     seconds = time.perf_counter() - start
     summary = ExploreSummary(

@@ -18,6 +18,9 @@ Choices the paper leaves open, made here:
   image. A crop side on the image border does not cut anything off, so a subregion touching it is
   complete and is kept (otherwise entities at the image edge could never be re-discovered).
 * The same subregion found at several merging thresholds is kept once.
+* Bounds the paper does not give, so that no image can take unbounded time or memory: at most
+  ``max_local_crops`` small regions are re-clustered (the largest first), and subregions smaller
+  than ``min_subregion_area`` pixels are dropped (see :class:`~.config.SelfExplorationConfig`).
 
 Subregion masks are returned at S x S as COCO RLEs, encoded straight from the crop grid
 (:func:`window_run_lengths`) and compressed together in one vectorised pass.
@@ -28,12 +31,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from sohes_hf.logging_utils import get_logger
-from sohes_hf.masks import encode_rle_counts, mask_boxes_xywh, normalize_rle
+from sohes_hf.masks import encode_rle_counts, mask_areas, mask_boxes_xywh, normalize_rle
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.merge import agglomerative_merge_batch
 
@@ -67,6 +70,8 @@ class LocalReclusteringResult:
         masks: subregion RLEs at S x S (deduplicated within each crop).
         num_crops: number of small regions re-clustered.
         num_discarded: subregions dropped because they touch an inner crop boundary.
+        num_uncropped: small regions not re-clustered (beyond ``max_local_crops``).
+        num_too_small: subregions dropped as smaller than ``min_subregion_area``.
         network_seconds: time spent in the backbone on the crops.
         seconds: total wall time of the step.
     """
@@ -76,6 +81,8 @@ class LocalReclusteringResult:
     num_discarded: int
     network_seconds: float
     seconds: float
+    num_uncropped: int = 0
+    num_too_small: int = 0
 
 
 def crop_window(box_xywh: Sequence[float], image_size: int, context: float, min_side: int) -> CropWindow:
@@ -100,24 +107,38 @@ def crop_original(image: np.ndarray, window: CropWindow, image_size: int) -> np.
     return image[top:bottom, left:right]
 
 
+class CompleteSubregions(NamedTuple):
+    """Outcome of :func:`complete_subregions`.
+
+    Attributes:
+        masks: (g, g) bool grid masks of the kept subregions, each distinct subregion once.
+        num_discarded: subregions touching an inner crop side (counted once per label map).
+        num_too_small: distinct complete subregions below ``min_area`` pixels (dropped).
+    """
+
+    masks: list[np.ndarray]
+    num_discarded: int
+    num_too_small: int
+
+
 def complete_subregions(
-    label_maps: Sequence[np.ndarray], window: CropWindow, image_size: int
-) -> tuple[list[np.ndarray], int]:
+    label_maps: Sequence[np.ndarray], window: CropWindow, image_size: int, min_area: int = 0
+) -> CompleteSubregions:
     """Grid masks of the subregions that do not touch an inner crop side, each kept once.
 
     Args:
         label_maps: int label maps (g, g) of the crop, one per merging threshold.
         window: the crop, to tell inner sides (inside the image) from sides on the image border.
         image_size: S.
-
-    Returns:
-        (list of (g, g) bool masks, number of subregions discarded at the boundary).
+        min_area: subregions whose mask pasted at S x S (:func:`paste_grid_mask`) has fewer pixels
+            are dropped. Their areas are counted from the grid, so a crop of noise with a
+            subregion per cell costs no mask at all.
     """
     inner_left, inner_top = window.x0 > 0, window.y0 > 0
     inner_right = window.x0 + window.side < image_size
     inner_bottom = window.y0 + window.side < image_size
     if len(label_maps) == 0:
-        return [], 0
+        return CompleteSubregions([], 0, 0)
     # All maps at once: map m's label l becomes offsets[m] + l, so one stable sort gives every
     # label's patch indices (in increasing order, offset by m * num_patches).
     stacked = np.stack([np.asarray(label_map, dtype=np.int64) for label_map in label_maps])
@@ -135,22 +156,34 @@ def complete_subregions(
         if inner:
             touching[edge] = True
     combined = stacked.ravel()
+    # Pixels of each label once pasted: a grid cell covers (times its row is sampled) x (times
+    # its column is sampled) pixels of the window, as paste_grid_mask samples.
+    row_pixels, column_pixels = (
+        np.bincount((np.arange(window.side, dtype=np.int64) * cells) // window.side, minlength=cells)
+        for cells in shape
+    )
+    cell_pixels = np.outer(row_pixels, column_pixels).ravel()
+    areas = np.bincount(combined, weights=np.tile(cell_pixels, len(stacked)), minlength=int(offsets[-1]))
     order = np.argsort(combined, kind="stable")
     bounds = np.searchsorted(combined[order], np.arange(offsets[-1] + 1)).tolist()
     seen: set[bytes] = set()
+    too_small: set[bytes] = set()
     kept: list[np.ndarray] = []
     # Maps in order, labels in increasing order within a map; a label absent from its map
-    # gives the empty set (kept once, as an empty mask).
+    # gives the empty set (kept once, as an empty mask, unless min_area > 0).
     for label in np.flatnonzero(~touching).tolist():
         members = order[bounds[label] : bounds[label + 1]]
         patches = members - (int(members[0]) // num_patches) * num_patches if members.size else members
         signature = patches.tobytes()
-        if signature not in seen:
+        if areas[label] < min_area:
+            if members.size:
+                too_small.add(signature)
+        elif signature not in seen:
             seen.add(signature)
             mask = np.zeros(shape, dtype=bool)
             mask.flat[patches] = True
             kept.append(mask)
-    return kept, int(touching.sum())
+    return CompleteSubregions(kept, int(touching.sum()), len(too_small))
 
 
 def paste_grid_mask(grid_mask: np.ndarray, window: CropWindow, image_size: int) -> np.ndarray:
@@ -236,6 +269,17 @@ def local_recluster(
         )
     if len(small_regions) == 0:
         return LocalReclusteringResult([], 0, 0, 0.0, time.perf_counter() - start)
+    num_uncropped = max(0, len(small_regions) - config.max_local_crops)
+    if num_uncropped:
+        largest_first = np.argsort(-mask_areas(small_regions), kind="stable")[: config.max_local_crops]
+        logger.info(
+            "local re-clustering: %d small regions, only the %d largest are re-clustered (max_local_crops)",
+            len(small_regions),
+            config.max_local_crops,
+        )
+        small_regions = [small_regions[int(index)] for index in largest_first]
+        if not small_regions:
+            return LocalReclusteringResult([], 0, 0, 0.0, time.perf_counter() - start, num_uncropped)
     boxes = mask_boxes_xywh(small_regions)
     windows = [
         crop_window(box, size, config.local_crop_context, config.min_local_crop_side)
@@ -248,11 +292,13 @@ def local_recluster(
     network_seconds = time.perf_counter() - network_start
     runs: list[np.ndarray] = []
     num_discarded = 0
+    num_too_small = 0
     crop_label_maps = agglomerative_merge_batch(features, config.merge_thresholds) if windows else []
     for window, label_maps in zip(windows, crop_label_maps, strict=True):
-        grid_masks, discarded = complete_subregions(label_maps, window, size)
-        num_discarded += discarded
-        for grid_mask in grid_masks:
+        subregions = complete_subregions(label_maps, window, size, config.min_subregion_area)
+        num_discarded += subregions.num_discarded
+        num_too_small += subregions.num_too_small
+        for grid_mask in subregions.masks:
             counts = window_run_lengths(grid_mask, window, size)
             if counts is not None:
                 runs.append(counts)
@@ -261,9 +307,14 @@ def local_recluster(
     masks = [{"size": [size, size], "counts": string} for string in strings]
     seconds = time.perf_counter() - start
     logger.debug(
-        "local re-clustering: %d crops -> %d subregions (%d touched the crop boundary)",
+        "local re-clustering: %d crops -> %d subregions (%d touched the crop boundary, %d were smaller "
+        "than %d px)",
         len(windows),
         len(masks),
         num_discarded,
+        num_too_small,
+        config.min_subregion_area,
     )
-    return LocalReclusteringResult(masks, len(windows), num_discarded, network_seconds, seconds)
+    return LocalReclusteringResult(
+        masks, len(windows), num_discarded, network_seconds, seconds, num_uncropped, num_too_small
+    )

@@ -620,7 +620,7 @@ def _merge_features(
     return num_free
 
 
-@numba.njit(cache=True, _nrt=False)  # type: ignore[call-overload]  # numba's (private) option, tested
+@numba.njit(cache=True, nogil=True, _nrt=False)  # type: ignore[call-overload]  # numba's (private) option, tested
 def _merge_levels(
     features: np.ndarray,
     thresholds: np.ndarray,
@@ -755,7 +755,7 @@ def _merge_levels(
         _record(owner, num_patches, remap, labels[level])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _merge_kernel(
     features: np.ndarray, height: int, width: int, thresholds: np.ndarray, means: np.ndarray
 ) -> np.ndarray:  # pragma: no cover - compiled
@@ -768,6 +768,9 @@ def _merge_kernel(
     of merged-away regions are reclaimed by compacting the pool when it is full. Creation
     ranks are ``k * (2 H W - 1) + n`` for the edge of merged region ``k`` to neighbour ``n``
     (the same order as numbering edges one by one, without sorting the neighbour list).
+
+    Compiled ``nogil``: threads clustering different grids run in parallel (the explore job's
+    workers, :mod:`~.explore_workers`).
 
     Returns:
         (m, H*W) int32 labels, one row per threshold.
