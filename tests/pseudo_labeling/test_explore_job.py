@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,6 +206,44 @@ def test_workers_give_the_same_file_and_resume_each_other(
     summary = run_explore_job(_job(image_dir, resumed), extractor, IdentityRefiner(), show_progress=False)
     assert summary.num_resumed == 4
     assert summary.paths.annotations.read_bytes() == reference_bytes
+
+
+class _FailingRefiner(IdentityRefiner):
+    """The identity, except that its second call raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.num_calls = 0
+
+    def refine(self, image: np.ndarray, masks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        self.num_calls += 1
+        if self.num_calls == 2:
+            raise self.error
+        return super().refine(image, masks)
+
+
+def test_an_image_that_runs_out_of_memory_is_skipped_and_reported(
+    reference: dict, image_dir: Path, extractor: DinoFeatureExtractor, tmp_path: Path
+) -> None:
+    refiner = _FailingRefiner(MemoryError("cannot allocate 10.0 TiB"))
+    summary = run_explore_job(_job(image_dir, tmp_path), extractor, refiner, show_progress=False)
+    assert summary.num_skipped == 2 + 1 and summary.num_labeled == 6 - 1
+    skipped = json.loads(summary.paths.skipped.read_text())["skipped"]
+    reasons = [item["reason"] for item in skipped if "out of memory" in item["reason"]]
+    assert reasons == ["out of memory while exploring it (MemoryError: cannot allocate 10.0 TiB)"]
+    assert len(json.loads(summary.paths.annotations.read_text())["images"]) == len(reference["images"]) - 1
+
+
+def test_other_errors_stop_the_job_and_keep_finished_images(
+    image_dir: Path, extractor: DinoFeatureExtractor, tmp_path: Path
+) -> None:
+    refiner = _FailingRefiner(RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_explore_job(
+            _job(image_dir, tmp_path, checkpoint_every=100), extractor, refiner, show_progress=False
+        )
+    journal = ShardPaths.of(tmp_path, 0, 1).journal.read_text().splitlines()
+    assert sum(json.loads(line)["type"] == "image" for line in journal[1:]) == 1  # flushed on the way out
 
 
 def test_resume_with_another_configuration_is_refused(

@@ -44,7 +44,7 @@ class SelfExplorationConfig:
             first; the rest are dropped and logged (the paper has no limit). A bound on the time of
             an image: a region costs a crop through the backbone and a merge (~12 ms on CPU), and
             features that barely correlate (noise, textures, a random backbone) leave one-patch
-            regions by the thousand (1,489 in one synthetic 1,024 px image) where a typical image has
+            regions by the thousand (1,482 in one synthetic 1,024 px image) where a typical image has
             ~70 (docs/benchmarks.md).
         min_subregion_area: local subregions smaller than this many pixels of the S x S image are
             dropped (the paper has no limit; 0 keeps all). The smallest crop (32 px, zoomed to S'

@@ -15,7 +15,9 @@ Ctrl-C). Re-running the same command reads the journal, drops a torn last line l
 kill, and processes only the images not in it, so finished work is never redone or lost and the
 final file equals that of an uninterrupted run, byte for byte. The journal's header records the
 configuration; resuming with a different one raises ``ValueError``. Skipped images (corrupt,
-unreadable, too large or too small) are journaled too and not retried.
+unreadable, too large or too small) are journaled too and not retried, and so is an image on
+which memory runs out (``MemoryError``, CUDA out of memory): one such image must not stop the
+shard at every resume. Any other error stops the job (it is a bug, not a property of the image).
 
 Memory is bounded whatever the shard size (an SA-1B shard of 100k images is ~10 GB of RLEs, paper
 section 4): the journal is the only store of finished records. Resume reads it line by line and
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from sohes_hf import __version__
@@ -251,16 +254,24 @@ def run_explore_job(
                 for (entry, image), image_features in zip(loaded, features, strict=True):
                     yield entry, image, image_features
 
-        def explore(item: tuple[ImageEntry, np.ndarray, np.ndarray]) -> ImagePseudoLabels:
+        def explore(item: tuple[ImageEntry, np.ndarray, np.ndarray]) -> ImagePseudoLabels | str:
+            """The image's pseudo-labels, or why it is skipped (memory ran out on this image)."""
             _, image, image_features = item
-            return explore_image(
-                image, serialized_extractor, serialized_refiner, config, global_features=image_features
-            )
+            try:
+                return explore_image(
+                    image, serialized_extractor, serialized_refiner, config, global_features=image_features
+                )
+            except (MemoryError, torch.OutOfMemoryError) as error:
+                return f"out of memory while exploring it ({type(error).__name__}: {error})"
 
         results = map_in_threads(explore, loaded_images(), job.workers)
         try:
-            for (entry, _, _), labels in results:
-                finish(entry, _image_record(entry, labels))
+            for (entry, _, _), outcome in results:
+                if isinstance(outcome, str):
+                    logger.warning("skipping %s: %s", entry.key, outcome)
+                    finish(entry, _skipped_record(entry, outcome))
+                else:
+                    finish(entry, _image_record(entry, outcome))
         finally:
             results.close()  # on an error: cancel the images not started, let the running ones end
     totals = _assemble(paths, entries, offsets, header, show_progress)
