@@ -115,6 +115,25 @@ def test_mask_nms_matches_brute_force(threshold: float) -> None:
     assert kept.tolist() == _brute_force_nms(stack, scores, threshold)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 0.9, 0.99])
+def test_mask_nms_of_hundreds_of_near_duplicates_matches_brute_force(threshold: float) -> None:
+    """Many masks over 255 (pycocotools' chunking), grown from shared seeds so IoUs straddle the threshold."""
+    rng = np.random.default_rng(11)
+    seeds = rng.random((12, 48, 48)) < 0.3
+    stack = np.zeros((300, 48, 48), dtype=bool)
+    for index in range(len(stack)):
+        y, x = rng.integers(0, 40, 2)
+        h, w = rng.integers(1, 20, 2)
+        stack[index, y : y + h, x : x + w] = True
+        if index % 3 == 0:  # a noisy copy of a seed pattern: IoUs near 1 with its siblings
+            stack[index] = seeds[index % 12] ^ (rng.random((48, 48)) < 0.01)
+    stack[7] = stack[3]
+    stack[9] = False  # an empty mask
+    scores = rng.choice([0.2, 0.4, 0.6, 0.8], size=len(stack))
+    kept = masks.mask_nms(masks.encode_masks(stack), scores, threshold)
+    assert kept.tolist() == _brute_force_nms(stack, scores, threshold)
+
+
 def test_uncompressed_rle_is_normalized() -> None:
     mask = np.zeros((4, 5), dtype=bool)
     mask[1:3, 2] = True

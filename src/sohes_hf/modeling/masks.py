@@ -198,6 +198,11 @@ def mask_nms(
     deterministic); a mask is kept unless its IoU with an already kept mask exceeds
     ``iou_threshold``.
 
+    Only pairs that can exceed the threshold are compared: IoU(a, b) <= min(|a|, |b|) / max(|a|,
+    |b|), and it is 0 when the boxes are disjoint. So memory is O(N) and each kept mask costs one
+    vectorised pass over the boxes plus the RLE overlaps of its few candidates, where a dense IoU
+    matrix would need N^2 floats (1.2 million masks: 10 TiB).
+
     Returns:
         (K,) int64 indices of the kept masks, highest score first.
     """
@@ -213,14 +218,31 @@ def mask_nms(
         return np.zeros(0, dtype=np.int64)
     _common_size(coco_rles, "rles")
     order = np.lexsort((np.arange(len(coco_rles)), -score_array))
-    ious = _iou([coco_rles[i] for i in order], [coco_rles[i] for i in order], crowd=False)
+    ordered = [coco_rles[i] for i in order]
+    areas = _areas(ordered).astype(np.float64)
+    boxes = np.asarray(coco_mask.toBbox(ordered), dtype=np.float64).reshape(-1, 4)
+    x0, y0 = boxes[:, 0], boxes[:, 1]
+    x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
+    threshold = float(iou_threshold)
     suppressed = np.zeros(len(order), dtype=bool)
     kept: list[int] = []
     for rank in range(len(order)):
         if suppressed[rank]:
             continue
         kept.append(int(order[rank]))
-        suppressed |= ious[rank] > iou_threshold
+        rest = slice(rank + 1, None)
+        can_exceed = (
+            ~suppressed[rest]
+            & (np.minimum(areas[rest], areas[rank]) > threshold * np.maximum(areas[rest], areas[rank]))
+            & (x0[rest] < x1[rank])
+            & (x0[rank] < x1[rest])
+            & (y0[rest] < y1[rank])
+            & (y0[rank] < y1[rest])
+        )
+        candidates = rank + 1 + np.flatnonzero(can_exceed)
+        if candidates.size:
+            ious = _iou([ordered[rank]], [ordered[c] for c in candidates.tolist()], crowd=False)[0]
+            suppressed[candidates[ious > threshold]] = True
     return np.asarray(kept, dtype=np.int64)
 
 
