@@ -43,24 +43,26 @@ def smooth_noise(size: int, channels: int, seed: int = 0, sigma: float = 2.0) ->
     return ndimage.gaussian_filter(noise, sigma=(sigma, sigma, 0)).astype(np.float32)
 
 
-def segments(size: int, channels: int, seed: int = 0, num_segments: int = 60) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+def _voronoi_means(size: int, channels: int, rng: np.random.Generator, num_segments: int) -> np.ndarray:
+    """(size, size, channels) float32: a random mean feature per cell of a random Voronoi partition."""
     centres = rng.uniform(0, size, (num_segments, 2))
     yy, xx = np.mgrid[:size, :size]
     distances = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
     owner = distances.argmin(axis=-1)
     means = rng.standard_normal((num_segments, channels)).astype(np.float32)
-    return means[owner] + 0.8 * smooth_noise(size, channels, seed + 1, sigma=1.5)
+    return means[owner]
+
+
+def segments(size: int, channels: int, seed: int = 0, num_segments: int = 60) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pieces = _voronoi_means(size, channels, rng, num_segments)
+    return pieces + 0.8 * smooth_noise(size, channels, seed + 1, sigma=1.5)
 
 
 def flat_segments(size: int, channels: int, seed: int = 0, num_segments: int = 60) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    centres = rng.uniform(0, size, (num_segments, 2))
-    yy, xx = np.mgrid[:size, :size]
-    distances = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
-    owner = distances.argmin(axis=-1)
-    means = rng.standard_normal((num_segments, channels)).astype(np.float32)
-    return means[owner] + 0.15 * rng.standard_normal((size, size, channels)).astype(np.float32)
+    pieces = _voronoi_means(size, channels, rng, num_segments)
+    return pieces + 0.15 * rng.standard_normal((size, size, channels)).astype(np.float32)
 
 
 def _dot(x: np.ndarray, y: np.ndarray) -> float:

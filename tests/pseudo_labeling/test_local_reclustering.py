@@ -145,16 +145,16 @@ def _image_with_squares() -> tuple[np.ndarray, list[np.ndarray]]:
     return image, squares
 
 
+def _dilated(squares: list[np.ndarray]) -> list[dict]:
+    """The small regions as step 1 would give them: boxes a bit larger than each square."""
+    return [encode_mask(cv2.dilate(s.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) for s in squares]
+
+
 def test_small_entities_are_rediscovered_in_local_crops() -> None:
     image, squares = _image_with_squares()
     config = SelfExplorationConfig(image_size=64, local_crop_size=64, small_region_area_ratio=1 / 32)
     extractor = ColorFeatures()
-    # The small regions as step 1 would give them: here, boxes a bit larger than each square.
-    small = []
-    for square in squares:
-        grown = cv2.dilate(square.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-        small.append(encode_mask(grown))
-    result = local_recluster(image, small, extractor, config)
+    result = local_recluster(image, _dilated(squares), extractor, config)
     assert extractor.calls == [2]  # both crops in one backbone batch
     assert result.num_crops == 2
     found = sorted((decode_mask(m) for m in result.masks), key=lambda m: int(np.argmax(m.any(axis=0))))
@@ -173,11 +173,6 @@ def test_no_small_regions_and_bad_crop_size() -> None:
     assert result.masks == [] and result.num_crops == 0
     with pytest.raises(ValueError, match="local_crop_size"):
         local_recluster(image, [], ColorFeatures(), SelfExplorationConfig(image_size=64, local_crop_size=60))
-
-
-def _dilated(squares: list[np.ndarray]) -> list[dict]:
-    """The small regions as step 1 would give them: boxes a bit larger than each square."""
-    return [encode_mask(cv2.dilate(s.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) for s in squares]
 
 
 def test_only_the_largest_small_regions_are_cropped_beyond_the_limit(
