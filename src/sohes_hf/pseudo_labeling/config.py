@@ -30,8 +30,10 @@ class SelfExplorationConfig:
             agglomerative merge records a segmentation (section 3.1 step 1; appendix A/D:
             0.6, 0.5, 0.4, 0.3, 0.2, 0.1, chosen to keep fewer than 200 pseudo-labels per image).
         nms_iou_threshold: mask IoU above which two candidate regions of the mixed pool count as
-            duplicates and the later one is removed (section 3.1 step 1 "NMS is applied to remove
-            duplicate regions"; the paper gives no value, 0.9 removes near-identical regions only).
+            duplicates; the more persistent one (present on more thresholds) is kept, then the one
+            from the finer level, then the earlier in pool order (section 3.1 step 1 "NMS is
+            applied to remove duplicate regions"; the paper gives no value, 0.9 removes
+            near-identical regions only).
         small_region_area_ratio: theta_small, the fraction of the image area below which a region is
             re-clustered locally (section 3.1 step 2; appendix D: 1/1,024 = 32x32 px at 1,024 px).
         local_crop_size: S', the side (pixels) each local crop is resized to (appendix A: 256).
