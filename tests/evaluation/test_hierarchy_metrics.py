@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +86,70 @@ def test_depths_from_parents() -> None:
     assert depths_from_parents([-1, 0, 1, 0, -1]) == [0, 1, 2, 1, 0]
     with pytest.raises(ValueError, match="cycle"):
         depths_from_parents([1, 0])
+
+
+def _rle(mask: np.ndarray) -> dict[str, object]:
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
+
+
+def _run_evaluate(gt: Path, predictions: Path, output: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sohes_hf.cli.main", "evaluate", "--dataset", f"toy={gt}",
+               "--predictions", str(predictions), "--output", str(output)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+
+
+def test_cli_prints_and_writes_hierarchy_metrics(tmp_path: Path) -> None:
+    """``sohes evaluate`` on the hand case: GT depth derived from parent_id (no 'depth' key)."""
+    image = {"id": 7, "file_name": "a.png", "width": 10, "height": 10}
+    category = [{"id": 1, "name": "entity"}]
+    gt_ids = [11, 12, 13, 14]
+    gt_parent_ids = [None, 11, 12, 11]
+    gt = {
+        "images": [image],
+        "categories": category,
+        "annotations": [
+            {"id": i, "image_id": 7, "category_id": 1, "segmentation": _rle(m), "iscrowd": 0,
+             "area": float(m.sum()), "parent_id": q}
+            for i, m, q in zip(gt_ids, REFERENCE["masks"], gt_parent_ids, strict=True)
+        ],
+    }  # fmt: skip
+    pseudo = {
+        "images": [image],
+        "categories": category,
+        "annotations": [
+            {"id": i, "image_id": 7, "category_id": 1, "segmentation": _rle(m), "score": s, "parent_id": q}
+            for i, m, s, q in zip(
+                [1, 2, 3, 4], PREDICTION["masks"], PREDICTION["scores"], [None, 1, 2, 2], strict=True
+            )
+        ],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pseudo.json").write_text(json.dumps(pseudo))
+    output = tmp_path / "results.json"
+    result = _run_evaluate(tmp_path / "gt.json", tmp_path / "pseudo.json", output)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()[-2:]
+    assert header.split() == ["Dataset", "AR_wholes", "AR_parts", "AR_subparts", "link_P", "link_R"]
+    assert row.split() == ["toy", "100.0", "85.0", "20.0", "33.3", "33.3"]
+    hierarchy = json.loads(output.read_text())["hierarchy"]["toy"]
+    assert hierarchy["AR_parts"] == pytest.approx(0.85)
+    assert hierarchy["num_ground_truths_per_depth"] == {"wholes": 1, "parts": 2, "subparts": 1}
+    assert hierarchy["parent_links"]["num_correct_links"] == 1
+
+
+def test_cli_without_parent_links_prints_no_hierarchy(tmp_path: Path) -> None:
+    image = {"id": 1, "file_name": "a.png", "width": 10, "height": 10}
+    annotation = {"id": 1, "image_id": 1, "category_id": 1, "segmentation": _rle(A), "iscrowd": 0}
+    gt = {"images": [image], "categories": [{"id": 1, "name": "e"}], "annotations": [annotation]}
+    results = [{"image_id": 1, "segmentation": _rle(A), "score": 1.0}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(results))
+    output = tmp_path / "results.json"
+    result = _run_evaluate(tmp_path / "gt.json", tmp_path / "dt.json", output)
+    assert result.returncode == 0, result.stderr
+    assert "link_P" not in result.stdout
+    assert "hierarchy" not in json.loads(output.read_text())

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sohes_hf.evaluation.coco_eval import EvaluationResult, evaluate_class_agnostic, image_rles
+from sohes_hf.evaluation.coco_eval import Backend, EvaluationResult, evaluate_class_agnostic, image_rles
 
 DEPTH_LEVELS: tuple[tuple[str, int, int | None], ...] = (
     ("wholes", 0, 0),
@@ -57,6 +57,26 @@ class LinkMetrics:
         }
 
 
+@dataclass(frozen=True)
+class HierarchyMetrics:
+    """AR per depth level (levels with ground truth only) and the parent-link metrics."""
+
+    ar_per_depth: dict[str, EvaluationResult]
+    links: LinkMetrics
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: ``{"AR_<level>": fraction or None, ..., "parent_links": {...}}``."""
+        output: dict[str, Any] = {
+            f"AR_{name}": None if np.isnan(result.ar) else result.ar
+            for name, result in self.ar_per_depth.items()
+        }
+        output["num_ground_truths_per_depth"] = {
+            name: result.num_ground_truths for name, result in self.ar_per_depth.items()
+        }
+        output["parent_links"] = self.links.to_dict()
+        return output
+
+
 def depths_from_parents(parents: Sequence[int]) -> list[int]:
     """Depth of each node from parent indices (-1: root, depth 0); raises on a cycle."""
     depths: list[int] = []
@@ -76,7 +96,7 @@ def per_depth_ar(
     predictions: Sequence[Mapping[str, Any]],
     references: Sequence[Mapping[str, Any]],
     max_detections: int = 1000,
-    backend: str = "faster_coco_eval",
+    backend: Backend = "faster_coco_eval",
 ) -> dict[str, EvaluationResult]:
     """AR per depth level: references (with ``"depths"``) filtered to a level, predictions whole.
 
@@ -97,7 +117,7 @@ def per_depth_ar(
         if sum(len(entry["masks"]) for entry in filtered) == 0:
             continue
         results[name] = evaluate_class_agnostic(
-            predictions, filtered, max_detections=max_detections, backend=backend  # type: ignore[arg-type]
+            predictions, filtered, max_detections=max_detections, backend=backend
         )
     return results
 
