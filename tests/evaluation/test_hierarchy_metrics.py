@@ -153,3 +153,17 @@ def test_cli_without_parent_links_prints_no_hierarchy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "link_P" not in result.stdout
     assert "hierarchy" not in json.loads(output.read_text())
+
+
+def test_cli_depths_come_from_the_file_or_the_parent_links() -> None:
+    from sohes_hf.cli.evaluate import _annotation_depths
+
+    by_id: dict[int, dict[str, object]] = {1: {"parent_id": None}, 2: {"parent_id": 1}, 3: {"parent_id": 2}}
+    by_id[4] = {"parent_id": 3, "depth": 5}
+    by_id[5] = {"parent_id": 4}
+    assert _annotation_depths(by_id, Path("gt.json")) == {1: 0, 2: 1, 3: 2, 4: 5, 5: 6}
+    assert _annotation_depths({1: {}, 2: {"parent_id": None}}, Path("gt.json")) is None
+    with pytest.raises(ValueError, match="cycle through annotation"):
+        _annotation_depths({1: {"parent_id": 2}, 2: {"parent_id": 1}}, Path("gt.json"))
+    with pytest.raises(ValueError, match="parent_id 9, which is no annotation id"):
+        _annotation_depths({1: {"parent_id": 9}}, Path("gt.json"))
