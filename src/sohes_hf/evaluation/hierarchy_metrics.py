@@ -122,7 +122,9 @@ def per_depth_ar(
     return results
 
 
-def match_one_to_one(iou: np.ndarray, scores: Sequence[float], threshold: float = 0.5) -> np.ndarray:
+def match_one_to_one(
+    iou: np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float = 0.5
+) -> np.ndarray:
     """COCO's greedy matching at one IoU threshold: prediction -> ground-truth index or -1.
 
     Predictions go in descending score (stable, so input order breaks ties as in COCO); each
