@@ -17,10 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sohes_hf.cli.arguments import check_device
 from sohes_hf.logging_utils import get_logger
+
+if TYPE_CHECKING:
+    from sohes_hf.evaluation.hierarchy_metrics import HierarchyMetrics
 
 logger = get_logger(__name__)
 
@@ -82,13 +85,19 @@ def run(args: argparse.Namespace) -> int:
     from sohes_hf.atomic_io import write_json_atomic
     from sohes_hf.cli.main import CliError
     from sohes_hf.evaluation.coco_eval import evaluate_class_agnostic
-    from sohes_hf.evaluation.results_table import format_ar_row, format_results_table, results_to_json
+    from sohes_hf.evaluation.results_table import (
+        format_ar_row,
+        format_hierarchy_table,
+        format_results_table,
+        results_to_json,
+    )
 
     specs = _parse_datasets(args.dataset)
     prediction_files = _pair_predictions(args.predictions, specs) if args.predictions else {}
     _check_options(args, specs)
     segmenter = _load_segmenter(args) if args.model else None
     results = {}
+    hierarchy: dict[str, HierarchyMetrics] = {}
     sources: dict[str, str] = {}
     for spec in specs:
         try:
@@ -113,10 +122,15 @@ def run(args: argparse.Namespace) -> int:
                 spec.name, result.num_images_without_predictions, result.num_images,
             )  # fmt: skip
         results[spec.name] = result
+        if references and all("parents" in reference for reference in references):
+            hierarchy[spec.name] = _hierarchy_metrics(predictions, references, args)
     print(format_results_table(results))
     if len(results) > 1:
         print()
         print(format_ar_row(results))
+    if hierarchy:
+        print()
+        print(format_hierarchy_table(hierarchy))
     if args.output is not None:
         from sohes_hf import __version__
 
@@ -130,8 +144,21 @@ def run(args: argparse.Namespace) -> int:
             ground_truth={spec.name: str(spec.annotation_file) for spec in specs},
             predictions=sources,
         )
+        if hierarchy:
+            payload["hierarchy"] = {name: metrics.to_dict() for name, metrics in hierarchy.items()}
         logger.info("wrote %s", write_json_atomic(args.output, payload))
     return 0
+
+
+def _hierarchy_metrics(
+    predictions: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]], args: argparse.Namespace
+) -> HierarchyMetrics:
+    from sohes_hf.evaluation.hierarchy_metrics import HierarchyMetrics, parent_link_metrics, per_depth_ar
+
+    return HierarchyMetrics(
+        ar_per_depth=per_depth_ar(predictions, references, args.max_detections, args.backend),
+        links=parent_link_metrics(predictions, references, max_detections=args.max_detections),
+    )
 
 
 # --- arguments ---------------------------------------------------------------------------------
@@ -237,6 +264,7 @@ def _load_references(
         if not keep_categories:
             logger.warning("%s: no category name contains %r", spec.name, category_name_contains)
     by_id = {int(a.get("id", n + 1)): a for n, a in enumerate(annotations)}
+    depth_of = _annotation_depths(by_id, spec.annotation_file)
     references = []
     for image in ground_truth:
         chosen = [
@@ -250,6 +278,11 @@ def _load_references(
         }
         if all(isinstance(a, (int, float)) and math.isfinite(a) for a in areas):
             reference["areas"] = [float(a) for a in areas]  # as COCOeval on the file would use
+        if depth_of is not None:
+            chosen_ids = [image.annotation_ids[k] for k in chosen]
+            position = {annotation_id: n for n, annotation_id in enumerate(chosen_ids)}
+            reference["parents"] = [position.get(_parent_of(by_id[i]), -1) for i in chosen_ids]
+            reference["depths"] = [depth_of[i] for i in chosen_ids]
         references.append(reference)
     logger.info(
         "%s: %d images, %d ground-truth masks",
@@ -258,6 +291,46 @@ def _load_references(
         sum(len(r["masks"]) for r in references),
     )
     return list(ground_truth), references
+
+
+def _parent_of(annotation: dict[str, Any]) -> int:
+    parent = annotation.get("parent_id")
+    return -1 if parent is None else int(parent)
+
+
+def _annotation_depths(by_id: dict[int, dict[str, Any]], path: Path) -> dict[int, int] | None:
+    """Depth per annotation id when the file has parent links, else None.
+
+    The file's ``depth`` is used where given; otherwise it is derived from ``parent_id`` over
+    the whole file (depth 0 = no parent), so a category filter does not change an entity's depth.
+    """
+    if not any(_parent_of(a) >= 0 for a in by_id.values()):
+        return None
+    depths: dict[int, int] = {}
+    for start in by_id:
+        chain, node = [], start
+        while node not in depths and "depth" not in by_id[node]:
+            if node in chain:
+                raise ValueError(f"{path}: parent_id links form a cycle through annotation {node}")
+            chain.append(node)
+            parent = _parent_of(by_id[node])
+            if parent < 0:
+                depths[node] = 0
+                chain.pop()
+                break
+            if parent not in by_id:
+                raise ValueError(
+                    f"{path}: annotation {node} has parent_id {parent}, which is no annotation id; "
+                    "fix the link or give 'depth'"
+                )
+            node = parent
+        else:
+            if node not in depths:
+                depths[node] = int(by_id[node]["depth"])
+        base = depths[node]
+        for offset, child in enumerate(reversed(chain), start=1):
+            depths[child] = base + offset
+    return depths
 
 
 def _load_predictions(path: Path, images: Sequence[Any]) -> list[dict[str, Any]]:
@@ -282,6 +355,7 @@ def _load_predictions(path: Path, images: Sequence[Any]) -> list[dict[str, Any]]
     else:
         raise ValueError(f"{path} is neither a COCO results list nor a JSON with 'annotations'")
     predictions: list[dict[str, Any]] = [{"masks": [], "scores": []} for _ in images]
+    links: list[list[tuple[Any, Any]]] = [[] for _ in images]  # (record id, parent_id) per mask
     ignored: set[int] = set()
     for number, record in enumerate(records):
         where = f"{path}: record {number}"
@@ -300,12 +374,21 @@ def _load_predictions(path: Path, images: Sequence[Any]) -> list[dict[str, Any]]
             raise ValueError(f"{where}: 'score' must be a finite number, got {score!r}")
         predictions[index]["masks"].append(rle)
         predictions[index]["scores"].append(float(score))
+        links[index].append((record.get("id"), record.get("parent_id")))
     if ignored:
         logger.warning(
             "%s: ignored predictions for %d image ids absent from the ground truth (e.g. %s)",
             path, len(ignored), sorted(ignored)[:5],
         )  # fmt: skip
+    for prediction, image_links in zip(predictions, links, strict=True):
+        prediction["parents"] = _parent_indices(image_links)
     return predictions
+
+
+def _parent_indices(links: Sequence[tuple[Any, Any]]) -> list[int]:
+    """Each mask's ``parent_id`` as an index among the image's masks; -1 for none or unknown."""
+    position = {record_id: k for k, (record_id, _) in enumerate(links) if record_id is not None}
+    return [-1 if parent is None else position.get(parent, -1) for _, parent in links]
 
 
 def _pseudo_label_image_map(
@@ -357,11 +440,15 @@ def _predict(
             for image, entities in zip(chunk, outputs, strict=True):
                 masks = [entity["mask"] for entity in entities]
                 scores = [float(entity["score"]) for entity in entities]
-                predictions.append({"masks": masks, "scores": scores})
+                ids = [entity.get("id") for entity in entities]
+                parent_ids = [entity.get("parent_id") for entity in entities]
+                parents = _parent_indices(list(zip(ids, parent_ids, strict=True)))
+                predictions.append({"masks": masks, "scores": scores, "parents": parents})
                 results.extend(
-                    {"image_id": image.image_id, "category_id": 1, "segmentation": m, "score": s}
-                    for m, s in zip(masks, scores, strict=True)
-                )
+                    {"image_id": image.image_id, "category_id": 1, "segmentation": m, "score": s,
+                     "id": i, "parent_id": q}
+                    for m, s, i, q in zip(masks, scores, ids, parent_ids, strict=True)
+                )  # fmt: skip
             progress.update(len(chunk))
     if args.save_predictions is not None:
         from sohes_hf.atomic_io import write_json_atomic

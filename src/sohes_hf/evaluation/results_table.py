@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sohes_hf.evaluation.coco_eval import EvaluationResult
+from sohes_hf.evaluation.hierarchy_metrics import DEPTH_LEVELS, HierarchyMetrics
 
 TABLE_COLUMNS: tuple[str, ...] = ("AP", "AR_S", "AR_M", "AR_L", "AR")
 
@@ -46,3 +47,18 @@ def format_ar_row(results: Mapping[str, EvaluationResult], row_name: str = "AR")
 def results_to_json(results: Mapping[str, EvaluationResult], **metadata: Any) -> dict[str, Any]:
     """``{**metadata, "datasets": {name: EvaluationResult.to_dict()}}``: fractions, None if undefined."""
     return {**metadata, "datasets": {name: result.to_dict() for name, result in results.items()}}
+
+
+def format_hierarchy_table(metrics: Mapping[str, HierarchyMetrics], row_header: str = "Dataset") -> str:
+    """One row per dataset: AR per depth level and parent-link precision/recall, x100."""
+    if not metrics:
+        raise ValueError("metrics: need at least one dataset")
+    columns = [f"AR_{name}" for name, _, _ in DEPTH_LEVELS] + ["link_P", "link_R"]
+    width = max(len(row_header), *(len(name) for name in metrics))
+    lines = [f"{row_header:<{width}}" + "".join(f"{column:>12}" for column in columns)]
+    for name, entry in metrics.items():
+        values = [entry.ar_per_depth[level].ar if level in entry.ar_per_depth else math.nan
+                  for level, _, _ in DEPTH_LEVELS]  # fmt: skip
+        values += [entry.links.precision, entry.links.recall]
+        lines.append(f"{name:<{width}}" + "".join(f"{format_percent(v):>12}" for v in values))
+    return "\n".join(lines)
