@@ -6,7 +6,9 @@ truth plus random distractors, with random scores) and times, from the same RLE 
 * ``pycocotools``: the usual recipe (``COCO`` from a dict, ``loadRes`` of a results list,
   ``COCOeval`` with ``useCats=0`` and ``maxDets=[1, 10, N]``, ``evaluate`` + ``accumulate``);
 * ``sohes_hf`` (default backend ``faster_coco_eval``), end to end, input checks included;
-* ``sohes_hf`` with ``backend="pycocotools"``, to show what the input checks cost.
+* ``sohes_hf`` with ``backend="pycocotools"``, to show what the input checks cost;
+* ``SohesAR().compute(predictions=..., references=...)``: the ``evaluate.Metric`` call users make
+  (input checks, Arrow round trip and evaluation).
 
 Prints the times, the speed-up and the largest absolute difference over AP, AP50, AP75, AP_S,
 AP_M, AP_L, AR, AR_S, AR_M, AR_L and the per-IoU recall. Run:
@@ -28,7 +30,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from sohes_hf.evaluation import evaluate_class_agnostic
+from sohes_hf.evaluation import SohesAR, evaluate_class_agnostic
 from sohes_hf.masks import encode_masks
 
 
@@ -135,10 +137,19 @@ def main() -> None:
         ),
         args.repeats,
     )
+    t_metric, metric_scores = _timed(
+        lambda: SohesAR(max_detections=args.max_detections).compute(
+            predictions=predictions, references=references
+        ),
+        args.repeats,
+    )
+    metric_vector = np.asarray(list(metric_scores.values()), dtype=np.float64)
     ours_vector, ours_py_vector = _ours_vector(ours), _ours_vector(ours_py)
     print(f"plain pycocotools                      : {t_ref:7.3f} s")
     print(f"sohes_hf (faster_coco_eval backend)    : {t_ours:7.3f} s   speed-up x{t_ref / t_ours:.1f}")
     print(f"sohes_hf (pycocotools backend)         : {t_ours_py:7.3f} s")
+    print(f"SohesAR().compute(...)                 : {t_metric:7.3f} s   speed-up x{t_ref / t_metric:.1f}")
+    print(f"max |difference| SohesAR vs pycocotools: {np.nanmax(np.abs(metric_vector - ref[:10])):.3g}")
     print(f"max |difference| vs plain pycocotools  : {np.nanmax(np.abs(ours_vector - ref)):.3g}")
     print(f"max |difference| between backends     : {np.nanmax(np.abs(ours_vector - ours_py_vector)):.3g}")
     same_nans = np.array_equal(np.isnan(ours_vector), np.isnan(ref))

@@ -208,3 +208,44 @@ def test_batched_normalization_names_the_bad_item_and_handles_many_masks() -> No
         masks.normalize_rles([rles[1], rles[2], truncated], name="preds")
     with pytest.raises(ValueError, match="ASCII"):
         masks.normalize_rle({"size": [9, 7], "counts": "é"})
+
+
+def _compressed(runs: list[int]) -> str:
+    """pycocotools' rleToString written out here (independent of the code under test)."""
+    out = []
+    for j, run in enumerate(runs):
+        x = run - runs[j - 2] if j > 2 else run
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)
+
+
+@pytest.mark.parametrize(
+    "runs, valid",
+    [
+        ([3, 4, 5, 4], True),  # 16 pixels of a 4x4 image
+        ([3, 4, 5, 5], False),  # sums to 17: wrong total
+        ([10, 10, -4], False),  # a negative run that still sums to 16
+        ([20, -4], False),  # a run larger than the image
+    ],
+)
+def test_compressed_rle_run_checks(runs: list[int], valid: bool) -> None:
+    rle = {"size": [4, 4], "counts": _compressed(runs)}
+    if valid:
+        assert masks.mask_areas([rle]).tolist() == [sum(runs[1::2])]
+        assert masks.normalize_rles([rle, rle])[1]["counts"] == rle["counts"]
+    else:
+        with pytest.raises(ValueError, match=r"rles\[1\]: compressed RLE counts"):
+            masks.normalize_rles([{"size": [4, 4], "counts": _compressed([3, 4, 5, 4])}, rle])
+
+
+@pytest.mark.parametrize("counts", ["\x7f\x7f", "", "Z", "@@@@@@@@@@@@@@@@0"])
+def test_garbage_compressed_counts_are_refused(counts: str) -> None:
+    with pytest.raises(ValueError, match="compressed RLE counts"):
+        masks.normalize_rles([{"size": [4, 4], "counts": counts}])

@@ -135,3 +135,11 @@ def test_bad_batch_names_the_entry() -> None:
         metric.add_batch(
             predictions=[{"masks": np.ones((2, 4, 4), bool), "scores": [1.0]}], references=[{"masks": []}]
         )
+
+
+def test_compute_refuses_malformed_rle_once_checked_in_add_batch() -> None:
+    # "1" + "1" are runs 1 and 1: 2 pixels, not the 16 of a 4x4 image.
+    bad = {"masks": [{"size": [4, 4], "counts": "11"}], "scores": [0.5]}
+    good = {"masks": [{"size": [4, 4], "counts": "0`0"}]}
+    with pytest.raises(ValueError, match=r"predictions\[0\].*compressed RLE counts"):
+        SohesAR().compute(predictions=[bad], references=[good])

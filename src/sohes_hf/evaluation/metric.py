@@ -121,6 +121,7 @@ class SohesAR(evaluate.Metric):
             references,
             max_detections=self.max_detections if max_detections is None else int(max_detections),
             backend=self.backend,  # type: ignore[arg-type]
+            masks_validated=True,  # add/add_batch ran image_rles before Arrow stored them
         )
         return {name: float(value) for name, value in result.metrics().items()}
 

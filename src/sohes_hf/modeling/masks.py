@@ -292,7 +292,8 @@ def _to_coco_list(rles: Any, name: str, names: Sequence[str] | None = None) -> l
     checked = [_structurally_checked(rle, item) for rle, item in zip(rles, names, strict=True)]
     compressed = [index for index, (_, needs_check) in enumerate(checked) if needs_check]
     if compressed:
-        totals = _run_length_totals([checked[index][0]["counts"] for index in compressed])
+        pixels = np.array([checked[i][0]["size"][0] * checked[i][0]["size"][1] for i in compressed])
+        totals = _run_length_totals([checked[index][0]["counts"] for index in compressed], pixels)
         for index, total in zip(compressed, totals, strict=True):
             height, width = checked[index][0]["size"]
             if total != height * width:
@@ -341,55 +342,62 @@ def _structurally_checked(rle: Any, name: str) -> tuple[dict[str, Any], bool]:
     raise ValueError(f"{name}: 'counts' must be str, bytes or a list of ints, got {type(counts).__name__}")
 
 
-def _run_length_totals(counts: Sequence[bytes]) -> np.ndarray:
+def _run_length_totals(counts: Sequence[bytes], pixels: np.ndarray | None = None) -> np.ndarray:
     """Pixels (K,) int64 described by each compressed counts string; -1 where it is malformed.
 
     The format (pycocotools ``rleToString``): each run is a little-endian sequence of 5-bit
     groups stored as ``chr(48 + group)``, bit 0x20 meaning "more groups follow" and bit 0x10 of
     the last group the sign; from the fourth run on, runs are coded as deltas to the run two
     places earlier. pycocotools itself reads malformed strings silently into garbage masks.
+    ``pixels`` (K,), each string's height*width, also refuses any run or delta larger than the
+    image, which keeps the sums below far from int64 overflow. Only segment sums (``bincount``,
+    ``reduceat``, ``cumsum``) are used: ``np.add.at`` was half the metric's time.
     """
     num_strings = len(counts)
     lengths = np.fromiter((len(c) for c in counts), dtype=np.int64, count=num_strings)
     totals = np.zeros(num_strings, dtype=np.int64)
-    malformed = np.zeros(num_strings, dtype=bool)
     if lengths.sum() == 0:
         return totals
     chars = np.frombuffer(b"".join(counts), dtype=np.uint8).astype(np.int64) - 48
     string_of_char = np.repeat(np.arange(num_strings), lengths)
-    np.logical_or.at(malformed, string_of_char, (chars < 0) | (chars > 63))
+    bad = (chars < 0) | (chars > 63)
     chars = np.clip(chars, 0, 63)
     ends = np.cumsum(lengths)[lengths > 0] - 1
     # A string ending in "more groups follow" is truncated; forcing a run end there keeps its
     # last run from spilling into the next string.
-    malformed[lengths > 0] |= (chars[ends] & 0x20) != 0
+    bad[ends] |= (chars[ends] & 0x20) != 0
     is_last = (chars & 0x20) == 0
     is_last[ends] = True
     run_starts = np.flatnonzero(np.concatenate(([True], is_last[:-1])))
     run_of_char = np.cumsum(np.concatenate(([False], is_last[:-1])))
     position = np.arange(chars.size) - run_starts[run_of_char]
-    np.logical_or.at(malformed, string_of_char, position > 11)  # over 60 bits: not a run length
+    bad |= position > 11  # over 60 bits: not a run length
     position = np.minimum(position, 11)
     values = np.add.reduceat((chars & 0x1F) << (5 * position), run_starts)
     last = np.flatnonzero(is_last)
     negative = (chars[last] & 0x10) != 0
     values[negative] -= np.left_shift(1, 5 * (position[last][negative] + 1))
-    # Undo the delta coding: runs[j] = values[j] + runs[j - 2] for j >= 3, i.e. cumulative sums
-    # along three chains per string: j = 0, odd j, and even j >= 2.
     string_of_run = string_of_char[run_starts]
+    malformed = np.bincount(string_of_char, weights=bad, minlength=num_strings) > 0
+    if pixels is not None:
+        too_big = np.abs(values) > pixels[string_of_run]
+        malformed |= np.bincount(string_of_run, weights=too_big, minlength=num_strings) > 0
+        values = np.where(too_big, 0, values)
+    # Undo the delta coding: runs[j] = values[j] + runs[j - 2] for j >= 3, i.e. cumulative sums
+    # along three chains per string: j = 0, odd j, and even j >= 2 (global cumsums, rebased at
+    # each string's first run).
+    has_runs = np.bincount(string_of_run, minlength=num_strings) > 0
     first_run = np.searchsorted(string_of_run, np.arange(num_strings))
     local = np.arange(values.size) - first_run[string_of_run]
-    chain = string_of_run * 3 + np.where(local == 0, 0, np.where(local % 2 == 1, 1, 2))
-    order = np.argsort(chain, kind="stable")
-    sorted_values = values[order]
-    sorted_chain = chain[order]
-    cumulative = np.cumsum(sorted_values)
-    chain_start = np.flatnonzero(np.concatenate(([True], sorted_chain[1:] != sorted_chain[:-1])))
-    start_of = np.repeat(chain_start, np.diff(np.append(chain_start, sorted_values.size)))
-    runs = np.empty_like(values)
-    runs[order] = cumulative - cumulative[start_of] + sorted_values[start_of]
-    np.logical_or.at(malformed, string_of_run, runs < 0)
-    np.add.at(totals, string_of_run, runs)
+    odd = (local % 2) == 1
+    even = (local >= 2) & ~odd
+    runs = values.copy()
+    for chain in (odd, even):
+        cumulative = np.cumsum(np.where(chain, values, 0))
+        before = np.concatenate(([0], cumulative))[first_run]  # chain sum before each string
+        runs[chain] = (cumulative - before[string_of_run])[chain]
+    malformed |= np.bincount(string_of_run, weights=runs < 0, minlength=num_strings) > 0
+    totals[has_runs] = np.add.reduceat(runs, first_run[has_runs])
     totals[malformed] = -1
     return totals
 
