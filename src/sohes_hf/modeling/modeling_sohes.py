@@ -234,7 +234,7 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
         from sohes_hf.hub import load_from_hub_or_folder
 
         vit = load_from_hub_or_folder(
-            ViTModel.from_pretrained, backbone_id_or_path, add_pooling_layer=False, **kwargs
+            ViTModel.from_pretrained, str(backbone_id_or_path), add_pooling_layer=False, **kwargs
         )
         config = SohesConfig() if config is None else config
         config_dict = config.to_dict()
