@@ -191,7 +191,10 @@ def build_blocks(segmenter: Segmenter) -> Any:
             view = run_segmentation(segmenter, image, threshold, max_instances)
         except (TypeError, ValueError) as error:
             raise gr.Error(str(error)) from error
-        slider = gr.Slider(maximum=view.slider_maximum, value=0, interactive=view.slider_maximum > 0)
+        # gradio refuses a slider whose maximum equals its minimum (0), which an empty or
+        # wholes-only result would give: keep the range 0..1 and lock the slider instead.
+        deeper = view.slider_maximum > 0
+        slider = gr.Slider(maximum=max(view.slider_maximum, 1), value=0, interactive=deeper)
         return view.state, view.overlay, view.tree, view.text, slider
 
     def change_depth(state: DemoState | None, depth: float, cumulative: bool) -> Any:

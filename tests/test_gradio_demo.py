@@ -257,3 +257,44 @@ def test_gradio_app_serves_the_events(
             client.predict(None, 0.5, 20, api_name="/segment")
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(("count", "deepest"), [(0, -1), (1, 0), (3, 2)])
+def test_gradio_app_with_empty_wholes_only_and_deep_results(
+    demo: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, deepest: int
+) -> None:
+    """Issue 18: an empty or wholes-only result must not break the page (slider 0..0 is refused).
+
+    The served app is driven through gradio_client as the browser does: *Segment*, then the
+    slider; the slider stays a valid range and is locked when there is nothing deeper.
+    """
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    pytest.importorskip("gradio")
+    client_module = pytest.importorskip("gradio_client")
+    from PIL import Image
+
+    image = _image(9)
+    Image.fromarray(image).save(tmp_path / "upload.png")
+    app = demo.build_blocks(FakeSegmenter(count=count))
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        client = client_module.Client(app.local_url, verbose=False, download_files=str(tmp_path / "out"))
+        upload = client_module.handle_file(str(tmp_path / "upload.png"))
+        overlay_path, tree_path, text, slider = client.predict(upload, 0.5, 20, api_name="/segment")
+        entities = _entities(count)
+        np.testing.assert_array_equal(
+            np.array(Image.open(overlay_path).convert("RGB")), depth_view(image, entities, 0)
+        )
+        np.testing.assert_array_equal(
+            np.array(Image.open(tree_path).convert("RGB")), render_tree(image, entities)
+        )
+        assert text == (format_tree(entities) if entities else demo.NO_ENTITIES_TEXT)
+        assert slider["maximum"] == max(deepest, 1) and slider["value"] == 0
+        assert slider["interactive"] is (deepest > 0)
+        depth_path = client.predict(1, api_name="/view_depth")
+        np.testing.assert_array_equal(
+            np.array(Image.open(depth_path).convert("RGB")),
+            depth_view(image, entities, min(1, max(deepest, 0))),
+        )
+    finally:
+        app.close()

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from sohes_hf import __version__
+from sohes_hf.hub import HubUnreachableError
 from sohes_hf.logging_utils import configure_logging, get_logger
 
 logger = get_logger(__name__)
@@ -80,6 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except CliError as error:
         parser.error(str(error))  # prints usage and exits with status 2
+    except HubUnreachableError as error:
+        print(
+            f'sohes: error: {error}; pass --backbone DIR with a local copy (see README "Network '
+            f'and offline use"), or run once with network / `hf download {error.name} --local-dir DIR`',
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         logger.warning("interrupted; finished work is saved and re-running the command resumes")
         return 130

@@ -145,7 +145,11 @@ def _load_vit(model: nn.Module | str | Path) -> nn.Module:
     from transformers import ViTModel
 
     logger.info("loading ViT backbone from %s", model)
-    return ViTModel.from_pretrained(str(model), add_pooling_layer=False, attn_implementation="sdpa")
+    from sohes_hf.hub import load_from_hub_or_folder
+
+    return load_from_hub_or_folder(
+        ViTModel.from_pretrained, str(model), add_pooling_layer=False, attn_implementation="sdpa"
+    )
 
 
 def _last_attention_projection(model: Any, feature_kind: str) -> nn.Module:
