@@ -45,10 +45,13 @@ class Journal:
         self.checkpoint_every = checkpoint_every
         self.offsets = offsets
         self.pending: list[tuple[str, bytes]] = []
+        self.good_size = 0  # bytes known complete on disk: a failed write is truncated back to it
+        self.failed = False
 
     def __enter__(self) -> Journal:
         if not self.path.exists() or self.path.stat().st_size == 0:
             write_text_atomic(self.path, json.dumps({"type": "header", **self.header}, sort_keys=True) + "\n")
+        self.good_size = self.path.stat().st_size
         return self
 
     def append(self, key: str, record: Mapping[str, Any]) -> None:
@@ -59,17 +62,31 @@ class Journal:
             self.flush()
 
     def flush(self) -> None:
-        """Appends the queued lines, fsyncs, then records their offsets."""
-        if not self.pending:
+        """Appends the queued lines, fsyncs, then records their offsets.
+
+        A failed write (disk full) is truncated back to the last good size, so the journal stays
+        resumable, and no later flush appends after it; if even the truncation fails, the next
+        load drops the torn tail (:func:`index_journal`).
+        """
+        if not self.pending or self.failed:
             return
-        with open(self.path, "ab") as handle:
-            position = handle.seek(0, os.SEEK_END)
-            handle.writelines(line for _, line in self.pending)
-            handle.flush()
-            os.fsync(handle.fileno())
+        position = self.good_size
+        try:
+            with open(self.path, "ab") as handle:
+                handle.write(b"".join(line for _, line in self.pending))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            self.failed = True
+            try:
+                os.truncate(self.path, self.good_size)
+            except OSError as error:
+                logger.warning("journal %s: could not truncate a failed write (%s)", self.path, error)
+            raise
         for key, line in self.pending:
             self.offsets[key] = position
             position += len(line)
+        self.good_size = position
         logger.debug("checkpoint: %d images appended to %s", len(self.pending), self.path)
         self.pending.clear()
 
@@ -78,34 +95,73 @@ class Journal:
 
 
 def index_journal(path: Path, header: Mapping[str, Any]) -> dict[str, int]:
-    """Byte offset of each finished image's line, by image key; drops a torn last line.
+    """Byte offset of each finished image's line, by image key; recovers a damaged journal.
 
-    Reads the journal line by line (one record in memory at a time) and checks its header.
-    Every record is written as one complete line ending in a newline, so bytes after the last
-    newline can only be a write cut short by a hard kill: they are truncated away.
+    Reads the journal line by line (one record in memory at a time). Refused: a first line that
+    is not this job's header (another job's journal, or not a journal). Recovered: a torn tail
+    (bytes after the last newline, or unreadable last lines: a hard kill or a full disk) is
+    truncated away; an unreadable middle line (NUL block, invalid UTF-8, bad JSON) is skipped
+    with a warning naming file and line. The images of dropped lines are not in the index, so the
+    job redoes them.
     """
     offsets: dict[str, int] = {}
     if not path.exists():
         return offsets
     position = 0
+    good_end = 0  # end of the last readable line
+    damaged: list[tuple[int, str]] = []  # unreadable lines since the last readable one
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.endswith(b"\n"):
-                logger.warning("journal %s: dropping a torn last line (the job was killed mid-write)", path)
+                logger.warning("journal %s: dropping a torn last line %d (a write cut short)", path, number)
                 break
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"output: journal {path} is corrupt at line {number}: {error}") from error
-            if record.get("type") == "header":
+            record, problem = _parse(line)
+            if number == 1:
+                if record is None or record.get("type") != "header":
+                    raise ValueError(
+                        f"output: journal {path} has no header line (line 1: {problem or 'not a header'}); "
+                        "it was not written by `sohes explore`: delete it or use another --output folder"
+                    )
                 check_header(path, record, header)
+            elif record is None:
+                damaged.append((number, problem))
             else:
-                offsets[record["key"]] = position
+                for bad, reason in damaged:
+                    logger.warning(
+                        "journal %s: line %d is damaged (%s); dropping it, its image is redone",
+                        path,
+                        bad,
+                        reason,
+                    )
+                damaged.clear()
+                if record.get("type") == "header":
+                    check_header(path, record, header)
+                else:
+                    offsets[record["key"]] = position
             position += len(line)
-    if position < path.stat().st_size:
+            if record is not None:
+                good_end = position
+    for bad, reason in damaged:
+        logger.warning("journal %s: dropping a damaged last line %d (%s)", path, bad, reason)
+    if good_end < path.stat().st_size:
         with open(path, "r+b") as handle:
-            handle.truncate(position)
+            handle.truncate(good_end)
     return offsets
+
+
+def _parse(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The line's JSON record (a header or one with a string ``key``), or None and why not."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        return None, f"not UTF-8 text at byte {error.start}"
+    except json.JSONDecodeError as error:
+        return None, f"not JSON ({error.msg})"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    if record.get("type") != "header" and not isinstance(record.get("key"), str):
+        return None, "no image key"
+    return record, ""
 
 
 def check_header(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
