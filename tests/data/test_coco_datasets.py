@@ -171,7 +171,7 @@ def test_loader_errors_name_the_file(tmp_path: Path) -> None:
             }
         )
     )
-    with pytest.raises(ValueError, match=r"b.json: annotations\[0\]: RLE size"):
+    with pytest.raises(ValueError, match=r"b.json: annotations\[0\] \(id 1\): RLE size"):
         load_coco_ground_truth(tmp_path / "b.json", tmp_path, check_images_exist=False)
     with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         load_coco_ground_truth(tmp_path / "missing.json", tmp_path)

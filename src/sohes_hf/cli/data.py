@@ -80,9 +80,12 @@ def _make_sa1b_split(args: argparse.Namespace) -> int:
     _positive_int("--max-image-pixels", args.max_image_pixels)
     if "://" not in args.pack and not Path(args.pack).is_file():
         raise _cli_error(f"PACK: {args.pack} does not exist")
-    summary = make_sa1b_eval_split(
-        args.pack, args.output, num_images=args.num_images, max_image_pixels=args.max_image_pixels
-    )
+    try:
+        summary = make_sa1b_eval_split(
+            args.pack, args.output, num_images=args.num_images, max_image_pixels=args.max_image_pixels
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise _cli_error(f"PACK: {error}; see the skipped members logged above") from error
     skipped = summary.report.total_skipped if summary.report else 0
     print(f"images\t{summary.num_images}\nmasks\t{summary.num_annotations}\nskipped\t{skipped}")
     print(f"annotations\t{summary.annotation_file}\nimage_dir\t{summary.image_dir}")

@@ -13,6 +13,7 @@ the last two URL parts (``val2017/000000397133.jpg``), relative to a COCO root f
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,9 +123,12 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int, where: str) 
         The RLE, or None when every polygon has fewer than 3 points.
 
     Raises:
-        ValueError: an unknown form, or an RLE whose size differs from the image.
+        ValueError: an unknown form, an RLE whose size differs from the image, or a polygon
+            that pycocotools must not see (see :func:`check_polygon`).
     """
     if isinstance(segmentation, list):
+        for number, polygon in enumerate(segmentation):
+            check_polygon(polygon, height, width, f"{where}: polygon {number}")
         polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
         if not polygons:
             return None
@@ -151,6 +155,33 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int, where: str) 
         "size": [height, width],
         "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
     }
+
+
+def check_polygon(polygon: Any, height: int, width: int, where: str) -> None:
+    """Refuses a polygon before pycocotools ``frPyObjects`` sees it.
+
+    pycocotools casts coordinates to C doubles and rasterises unchecked: a coordinate of 1e308
+    crashes the process (segfault) and NaN gives an arbitrary mask. A polygon must be a list of
+    an even number of finite coordinates within ``[-size, 2 * size]`` of the image (a little
+    outside the frame is legal COCO, far outside is corrupt). Fewer than 6 coordinates
+    (degenerate, fewer than 3 points) pass here and are skipped and counted by the caller.
+
+    Raises:
+        ValueError: naming ``where`` and what is wrong.
+    """
+    if not isinstance(polygon, list):
+        raise ValueError(f"{where}: a polygon must be a list of x, y numbers, got {type(polygon).__name__}")
+    if len(polygon) % 2:
+        raise ValueError(f"{where}: a polygon needs x, y pairs (an even count), got {len(polygon)} numbers")
+    limit = 2 * max(height, width)
+    for k, value in enumerate(polygon):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: coordinate {k} must be a number, got {value!r}; fix or drop it")
+        if not math.isfinite(value) or not -limit / 2 <= value <= limit:
+            raise ValueError(
+                f"{where}: coordinate {k} = {value!r} is not finite or lies far outside the "
+                f"{width}x{height} image (allowed [-{limit // 2}, {limit}]); fix or drop the polygon"
+            )
 
 
 def _file_name(image: dict[str, Any], where: str) -> str:
@@ -203,7 +234,7 @@ def load_coco_ground_truth(
         per_image[int(image["id"])] = []
     skipped = 0
     for number, annotation in enumerate(data.get("annotations", [])):
-        where = f"{annotation_file}: annotations[{number}]"
+        where = f"{annotation_file}: annotations[{number}] (id {annotation.get('id')!r})"
         image_id = int(annotation.get("image_id", -1))
         if image_id not in sizes:
             raise ValueError(f"{where}: image_id {image_id} is not in 'images'")

@@ -11,6 +11,8 @@ integers or existing local names, never from archive member names.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,11 @@ def make_sa1b_eval_split(
 ) -> ConversionSummary:
     """Carves a class-agnostic COCO evaluation split out of one SA-1B pack.
 
+    Bad records (NaN/negative ``area``, non-finite ``bbox``, RLE counts that do not describe
+    height x width pixels) skip their image, reported with member and annotation id. The split
+    is built in a hidden folder under ``output_dir`` and moved in only when complete, replacing
+    a previous ``images/`` and ``annotations.json``; a failure leaves the previous split as it was.
+
     Writes ``output_dir/images/sa_<N>.jpg`` (name rebuilt from the validated integer id) and
     ``output_dir/annotations.json`` with the human masks as ground truth (``category_id`` 1,
     ``iscrowd`` 0, the SA-1B annotation ids, RLE ``segmentation``, ``area`` and XYWH ``bbox``
@@ -68,8 +75,43 @@ def make_sa1b_eval_split(
     if num_images is not None and num_images <= 0:
         raise ValueError(f"num_images must be positive, got {num_images}")
     output_dir = Path(output_dir)
-    image_dir = output_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".sa1b-split-", dir=output_dir))
+    try:
+        num_images, num_annotations, report = _write_sa1b_split(
+            pack, stage, num_images=num_images, max_image_pixels=max_image_pixels
+        )
+        _replace_split(stage, output_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if report.total_skipped:
+        logger.warning("%s: skipped %d items: %s", pack, report.total_skipped, report.num_skipped)
+    logger.info("wrote %d images and %d masks to %s", num_images, num_annotations, output_dir)
+    return ConversionSummary(
+        output_dir / "annotations.json", output_dir / "images", num_images, num_annotations, report
+    )
+
+
+def _replace_split(stage: Path, output_dir: Path) -> None:
+    """Moves a finished split from ``stage`` into ``output_dir``, replacing a previous one.
+
+    The old ``annotations.json`` goes first and the new one comes last, so a kill in between
+    leaves no ``annotations.json`` (an unusable folder, rerun) rather than one describing other
+    images.
+    """
+    (output_dir / "annotations.json").unlink(missing_ok=True)
+    if (output_dir / "images").exists():
+        (output_dir / "images").rename(stage / "old-images")
+    (stage / "images").rename(output_dir / "images")
+    (stage / "annotations.json").rename(output_dir / "annotations.json")
+
+
+def _write_sa1b_split(
+    pack: str, stage: Path, *, num_images: int | None, max_image_pixels: int
+) -> tuple[int, int, ReadReport]:
+    """Writes the whole split under ``stage``; returns (images, masks, read report)."""
+    image_dir = stage / "images"
+    image_dir.mkdir()
     report = ReadReport()
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -97,9 +139,8 @@ def make_sa1b_eval_split(
             break
     if not images:
         raise ValueError(f"pack {pack} yielded no valid image ({report.total_skipped} items skipped)")
-    annotation_file = output_dir / "annotations.json"
     write_json_atomic(
-        annotation_file,
+        stage / "annotations.json",
         {
             "info": {
                 "description": f"SA-1B evaluation split from {Path(pack).name}, human masks as ground truth"
@@ -109,8 +150,7 @@ def make_sa1b_eval_split(
             "annotations": annotations,
         },
     )
-    logger.info("wrote %d images and %d masks to %s", len(images), len(annotations), output_dir)
-    return ConversionSummary(annotation_file, image_dir, len(images), len(annotations), report)
+    return len(images), len(annotations), report
 
 
 def ade20k_instances_to_coco(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import posixpath
 import re
 import tarfile
@@ -352,6 +353,33 @@ def _numbers(value: Any, length: int, what: str) -> tuple[float, ...]:
     return tuple(_number(v, what) for v in value)
 
 
+def _finite(values: tuple[float, ...], what: str) -> tuple[float, ...]:
+    if not all(math.isfinite(v) for v in values):
+        raise SA1BFormatError(f"{what} must be finite, got {list(values)}")
+    return values
+
+
+def _check_rles(annotations: Sequence[SA1BAnnotation]) -> None:
+    """Refuses RLE counts that do not decode to exactly height x width pixels.
+
+    One vectorised pass over the image's masks; only on failure are they checked one by one to
+    name the bad annotation (a garbage string would otherwise fail later, in evaluation).
+    """
+    from sohes_hf.modeling.masks import normalize_rle, normalize_rles
+
+    try:
+        normalize_rles([a.segmentation for a in annotations], "annotations")
+    except ValueError:
+        for index, annotation in enumerate(annotations):
+            try:
+                normalize_rle(annotation.segmentation)
+            except ValueError as error:
+                raise SA1BFormatError(
+                    f"annotations[{index}] (id {annotation.id}).segmentation: {error}"
+                ) from error
+        raise
+
+
 def _parse_annotation(raw: Any, where: str, height: int, width: int) -> SA1BAnnotation:
     if not isinstance(raw, dict):
         raise SA1BFormatError(f"{where} must be an object")
@@ -366,14 +394,17 @@ def _parse_annotation(raw: Any, where: str, height: int, width: int) -> SA1BAnno
         raise SA1BFormatError(
             f"{where}.segmentation.size must equal the image [height, width]=[{height}, {width}]"
         )
+    area = _number(raw.get("area"), f"{where}.area")
+    if not math.isfinite(area) or area < 0:
+        raise SA1BFormatError(f"{where} (id {raw.get('id')!r}).area must be finite and >= 0, got {area}")
     points = raw.get("point_coords")
     if not isinstance(points, list):
         raise SA1BFormatError(f"{where}.point_coords must be a list of [x, y]")
     return SA1BAnnotation(
         id=_integer(raw.get("id"), f"{where}.id"),
         segmentation={"size": [height, width], "counts": segmentation["counts"]},
-        bbox=_numbers(raw.get("bbox"), 4, f"{where}.bbox"),  # type: ignore[arg-type]
-        area=_number(raw.get("area"), f"{where}.area"),
+        bbox=_finite(_numbers(raw.get("bbox"), 4, f"{where}.bbox"), f"{where}.bbox"),  # type: ignore[arg-type]
+        area=area,
         predicted_iou=_number(raw.get("predicted_iou"), f"{where}.predicted_iou"),
         stability_score=_number(raw.get("stability_score"), f"{where}.stability_score"),
         point_coords=tuple(_numbers(p, 2, f"{where}.point_coords") for p in points),  # type: ignore[misc]
@@ -413,6 +444,7 @@ def parse_sa1b_json(
             _parse_annotation(a, f"annotations[{i}]", info.height, info.width)
             for i, a in enumerate(annotations)
         ]
+        _check_rles(parsed)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SA1BFormatError(f"{member}: not valid JSON ({error})") from error
     except SA1BFormatError as error:
