@@ -95,4 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m sohes_hf.cli.main``, this file is ``__main__`` and its ``CliError`` is not
+    # the class the subcommands raise; call the imported module's ``main`` so errors stay one line.
+    from sohes_hf.cli.main import main as _imported_main
+
+    sys.exit(_imported_main())
