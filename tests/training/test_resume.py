@@ -82,3 +82,51 @@ def test_resume_without_checkpoint_raises(data: tuple[Path, Path], tmp_path: Pat
     trainer = SelfInstructionTrainer(config, accelerator=Accelerator(cpu=True))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         trainer.train(resume_from="latest")
+
+
+class _Payload:
+    """Pickles to a call that creates ``marker``: what a hostile checkpoint file would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("file", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
+def test_resume_refuses_a_pickle_payload(file: str, data: tuple[Path, Path], tmp_path: Path) -> None:
+    from sohes_hf.training.checkpointing import CheckpointError
+
+    image_dir, labels = data
+    recipe = tiny_recipe(image_dir, labels, tmp_path / "run", max_steps=2, checkpointing_steps=1)
+    config = build_training_config("self-instruction", recipe)
+    crashing = _crashing(SelfInstructionTrainer, at_step=2)(config, accelerator=Accelerator(cpu=True))
+    with pytest.raises(_Crash):
+        crashing.train()
+    ((_, folder),) = list_checkpoints(str(tmp_path / "run"))
+    assert not list(Path(folder).glob("custom_checkpoint_*"))  # the project writes none
+    # The payload is live: an unrestricted load runs it (so the assertion below can fail).
+    probe, probe_marker = tmp_path / "probe.pkl", tmp_path / "probe-ran"
+    torch.save(_Payload(probe_marker), probe)
+    torch.load(probe, weights_only=False)
+    assert probe_marker.exists()
+
+    marker = tmp_path / "payload-ran"
+    torch.save(_Payload(marker), Path(folder) / file)
+    trainer = SelfInstructionTrainer(config, accelerator=Accelerator(cpu=True))
+    with pytest.raises(CheckpointError, match=f"{file}.*(weights_only|run code)"):
+        trainer.train(resume_from="latest")
+    assert not marker.exists()
+    assert trainer.state.global_step == 0
+
+
+def test_safety_check_refuses_payload_in_any_pickle_file(tmp_path: Path) -> None:
+    from sohes_hf.training.checkpointing import CheckpointError, check_checkpoint_is_safe
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save(_Payload(tmp_path / "ran"), folder / "scheduler.bin")
+    with pytest.raises(CheckpointError, match=r"scheduler\.bin does not load with"):
+        check_checkpoint_is_safe(str(folder))
+    assert not (tmp_path / "ran").exists()

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from sohes_hf.cli.main import CliError
     from sohes_hf.training import SelfCorrectionTrainer, SelfInstructionTrainer, load_training_config
+    from sohes_hf.training.checkpointing import CheckpointError
     from sohes_hf.training.config import SelfCorrectionConfig
 
     try:
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             trainer = SelfInstructionTrainer(config, cpu=args.cpu)
         result = trainer.train(resume_from=args.resume)
     except FileNotFoundError as error:
+        raise CliError(str(error)) from error
+    except CheckpointError as error:
         raise CliError(str(error)) from error
     if trainer.accelerator.is_main_process:
         print(result.model_dir)

@@ -288,6 +288,22 @@ def _config_class(phase: str) -> type[TrainingConfig]:
     raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
 
 
+def _check_model_config(model_config: Any) -> None:
+    """Refuses ``model_config`` keys ``SohesConfig`` does not take (a typo would train silently
+    with the default and land in ``config.json``)."""
+    if model_config is None:
+        return
+    if not isinstance(model_config, dict):
+        raise ValueError("model_config must be a mapping")
+    from sohes_hf.modeling import SohesConfig  # modeling pulls in torch models: import lazily
+
+    valid = {f.name for f in dataclasses.fields(SohesConfig) if f.init}  # + PretrainedConfig's
+    unknown = sorted(set(model_config) - valid)
+    if unknown:
+        own = ", ".join(name for name in SohesConfig.__annotations__ if name in valid)
+        raise ValueError(f"unknown model_config field(s): {', '.join(unknown)} (valid: {own})")
+
+
 def build_training_config(phase: str, values: dict[str, Any]) -> TrainingConfig:
     """Builds and validates the config of ``phase`` from plain values (YAML/JSON content).
 
@@ -301,6 +317,7 @@ def build_training_config(phase: str, values: dict[str, Any]) -> TrainingConfig:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown {phase} config field(s): {', '.join(unknown)}")
+    _check_model_config(values.get("model_config"))
     augmentation = values.pop("augmentation", None) or {}
     if not isinstance(augmentation, dict):
         raise ValueError("augmentation must be a mapping")

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from sohes_hf.logging_utils import get_logger
 from sohes_hf.modeling import SohesForHierarchicalSegmentation
+from sohes_hf.training.checkpointing import JsonState
 from sohes_hf.training.collate import SelfCorrectionBatch, TrainingBatch, collate_self_correction_examples
 from sohes_hf.training.config import SelfCorrectionConfig
 from sohes_hf.training.ema import EmaTeacher
@@ -74,8 +75,11 @@ class SelfCorrectionTrainer(SelfInstructionTrainer):
         # Created from the unwrapped student on its device, before DDP wraps it (ema.py).
         self.teacher = EmaTeacher(model, self.config.ema_momentum)
 
-    def _checkpoint_objects(self) -> list[Any]:
-        return [self.teacher, _LabelCounts(self)]
+    def _json_states(self) -> dict[str, JsonState]:
+        return {**super()._json_states(), "teacher_label_counts": _LabelCounts(self)}
+
+    def _tensor_states(self) -> dict[str, torch.nn.Module]:
+        return {"ema_teacher": assert_teacher(self.teacher)}
 
     def _after_optimizer_step(self, model: torch.nn.Module) -> None:
         assert_teacher(self.teacher).update(self.accelerator.unwrap_model(model))

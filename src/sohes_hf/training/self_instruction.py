@@ -28,6 +28,7 @@ from sohes_hf.logging_utils import get_logger
 from sohes_hf.model_card import save_model_card
 from sohes_hf.modeling import SohesConfig, SohesForHierarchicalSegmentation
 from sohes_hf.training.checkpointing import (
+    JsonState,
     TrainerState,
     load_checkpoint,
     resolve_resume_path,
@@ -182,9 +183,13 @@ class SelfInstructionTrainer:
     def _setup_extra(self, model: SohesForHierarchicalSegmentation) -> None:
         """Phase 3 creates its teacher here (model already on the device, not yet wrapped)."""
 
-    def _checkpoint_objects(self) -> list[Any]:
-        """Extra objects saved in checkpoints (phase 3: the EMA teacher)."""
-        return []
+    def _json_states(self) -> dict[str, JsonState]:
+        """Project state saved per process as JSON in checkpoints (phase 3 adds its counters)."""
+        return {"trainer_state": self.state}
+
+    def _tensor_states(self) -> dict[str, torch.nn.Module]:
+        """Modules saved as safetensors in checkpoints (phase 3: the EMA teacher)."""
+        return {}
 
     def _after_optimizer_step(self, model: torch.nn.Module) -> None:
         """Phase 3 updates its teacher here."""
@@ -271,9 +276,13 @@ class SelfInstructionTrainer:
         self._setup_extra(model)
         optimizer = build_optimizer(model, config, self.learning_rate)
         model, optimizer = accelerator.prepare(model, optimizer)
-        accelerator.register_for_checkpointing(state, *self._checkpoint_objects())
         if resume_from is not None:
-            load_checkpoint(accelerator, resolve_resume_path(resume_from, config.output_dir))
+            load_checkpoint(
+                accelerator,
+                resolve_resume_path(resume_from, config.output_dir),
+                json_states=self._json_states(),
+                tensor_states=self._tensor_states(),
+            )
         if config.log_with:
             accelerator.init_trackers(f"sohes-{self.phase}", config=_flat_hparams(config.to_dict()))
         loader = accelerator.prepare(self._data_loader(state.global_step))
@@ -322,6 +331,8 @@ class SelfInstructionTrainer:
                     accelerator,
                     config.output_dir,
                     step,
+                    json_states=self._json_states(),
+                    tensor_states=self._tensor_states(),
                     extra_files={RESOLVED_CONFIG_NAME: self._resolved_config_text()},
                     total_limit=config.checkpoints_total_limit,
                 )
