@@ -458,7 +458,7 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
         loss_dict: dict[str, torch.Tensor] = {}
         for layer, suffix in layers:
             indices = criterion.matcher(mask_logits[layer], class_logits[layer], mask_labels, class_labels)
-            num_masks = criterion.get_num_masks(class_labels, device=device)  # type: ignore[arg-type]
+            num_masks = num_masks_normaliser(class_labels, device=device)
             terms = {
                 **criterion.loss_masks(mask_logits[layer], mask_labels, indices, num_masks),  # type: ignore[arg-type]
                 **criterion.loss_labels(class_logits[layer], class_labels, indices),
@@ -468,6 +468,21 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
             for name, value in terms.items():
                 loss_dict[f"{name}{suffix}"] = value * self.weight_dict[name]
         return loss_dict
+
+
+def num_masks_normaliser(class_labels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Mask/dice normaliser as Mask2Former's original code: all processes' target masks / world size, >= 1.
+
+    transformers' ``Mask2FormerLoss.get_num_masks`` (5.24) averages with accelerate's ``reduce``
+    and then divides by the world size again, making mask and dice losses N times too large
+    under N processes; this sums with ``all_reduce`` instead.
+    """
+    num_masks = torch.as_tensor(float(sum(len(classes) for classes in class_labels)), device=device)
+    world_size = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(num_masks, op=torch.distributed.ReduceOp.SUM)
+        world_size = torch.distributed.get_world_size()
+    return torch.clamp(num_masks / world_size, min=1)
 
 
 def _check_labels(
