@@ -75,7 +75,8 @@ def test_vit_feature_addition_follows_the_official_rule() -> None:
     ]
     pre_norm: list[torch.Tensor] = []
     norm_hooks = [
-        norm.register_forward_hook(lambda _m, inputs, _o: pre_norm.append(inputs[0])) for norm in model.output_norms
+        norm.register_forward_hook(lambda _m, inputs, _o: pre_norm.append(inputs[0]))
+        for norm in model.output_norms
     ]
     with torch.no_grad():
         actual = model(pixel_values)

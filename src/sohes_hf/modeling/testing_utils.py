@@ -21,10 +21,10 @@ def tiny_sohes_config_kwargs(**overrides: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`tiny_sohes_config` (e.g. for a training recipe's model section).
 
     ViT: 4 layers of width 64 (patch 8) in four interaction groups (one per adapter output);
-    pixel decoder and decoder of width 32; 16 queries; 3 decoder predictions; 256 sampled points per mask. Any field can be
-    overridden, e.g. ``tiny_sohes_config(num_queries=8, ancestor_loss_weight=0.0)``; a
-    ``backbone_config`` dict override is merged into the tiny ViT settings (a ``ViTConfig`` replaces
-    them).
+    pixel decoder and decoder of width 32; 16 queries; 3 decoder predictions; 256 sampled points
+    per mask. Any field can be overridden, e.g.
+    ``tiny_sohes_config(num_queries=8, ancestor_loss_weight=0.0)``; a ``backbone_config`` dict
+    override is merged into the tiny ViT settings (a ``ViTConfig`` replaces them).
     """
     backbone = {
         "hidden_size": 64,
