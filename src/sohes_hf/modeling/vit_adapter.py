@@ -56,6 +56,9 @@ class SohesViTAdapter(nn.Module):
         self.interaction_indexes = [tuple(group) for group in (config.interaction_indexes or [])]
         self.add_vit_feature = config.adapter_add_vit_feature
         self.vit = ViTModel(vit_config, add_pooling_layer=False)
+        # The official adapter never applies the ViT's final norm; it stays (DINO checkpoints load
+        # as they are) but frozen, so no optimizer or DDP sees a parameter without gradient.
+        self.vit.layernorm.requires_grad_(False)
         self.level_embed = nn.Parameter(torch.zeros(len(PYRAMID_STRIDES), width))
         self.spatial_prior = SpatialPriorModule(
             config.adapter_conv_inplane, width, config.adapter_norm_num_groups, vit_config.num_channels
