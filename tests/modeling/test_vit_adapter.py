@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sohes_hf.modeling.adapter_blocks import MultiScaleDeformableAttention, token_grid_reference_points
 from sohes_hf.modeling.testing_utils import tiny_sohes_config
@@ -35,21 +36,74 @@ def test_zero_gate_leaves_the_vit_unchanged(adapter: SohesViTAdapter) -> None:
     for injector in adapter.injectors:
         assert torch.count_nonzero(injector.gamma) == 0
     captured: list[torch.Tensor] = []
-    hook = adapter.vit.layernorm.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    last_layer = adapter.vit.layers[-1]
+    hook = last_layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
     pixel_values = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         adapter(pixel_values)
         hook.remove()
-        reference = adapter.vit(pixel_values, interpolate_pos_encoding=True).last_hidden_state
-    torch.testing.assert_close(captured[0], reference[:, 1:])
+        reference = adapter.vit(pixel_values, interpolate_pos_encoding=True, output_hidden_states=True)
+    expected = reference.hidden_states[-1]
+    torch.testing.assert_close(captured[0], expected)
     # A non-zero gate must change them (the injector is really wired in).
     with torch.no_grad():
         adapter.injectors[0].gamma.fill_(1.0)
-        hook = adapter.vit.layernorm.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        hook = last_layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
         adapter(pixel_values)
         hook.remove()
         adapter.injectors[0].gamma.zero_()
-    assert not torch.allclose(captured[1], reference[:, 1:])
+    assert not torch.allclose(captured[1], expected)
+
+
+def test_vit_feature_addition_follows_the_official_rule() -> None:
+    """Official ViT-Adapter: stage k's token map (no final LayerNorm) goes to output k, resized.
+
+    The outputs are recomputed with the addition switched off (same weights) and the per-stage
+    ViT maps, captured at the last layer of each group, added by hand with F.interpolate scale
+    factors as the official forward does (patch 8: x2, x1, x0.5, x0.25) before the GroupNorms.
+    """
+    torch.manual_seed(0)
+    model = SohesViTAdapter(tiny_sohes_config()).eval()
+    with torch.no_grad():  # non-zero gates and norms so every part contributes
+        for injector in model.injectors:
+            injector.gamma.fill_(0.5)
+    pixel_values = torch.randn(1, 3, 64, 96)
+    stage_outputs: list[torch.Tensor] = []
+    hooks = [
+        model.vit.layers[end].register_forward_hook(lambda _m, _i, out: stage_outputs.append(out))
+        for _start, end in model.interaction_indexes
+    ]
+    pre_norm: list[torch.Tensor] = []
+    norm_hooks = [
+        norm.register_forward_hook(lambda _m, inputs, _o: pre_norm.append(inputs[0]))
+        for norm in model.output_norms
+    ]
+    with torch.no_grad():
+        actual = model(pixel_values)
+        model.add_vit_feature = False
+        pre_norm.clear()
+        stage_outputs.clear()
+        model(pixel_values)
+        model.add_vit_feature = True
+    for hook in hooks + norm_hooks:
+        hook.remove()
+    grid = (64 // 8, 96 // 8)
+    maps = [out[:, 1:].transpose(1, 2).reshape(1, -1, *grid) for out in stage_outputs]
+    scales = (2.0, 1.0, 0.5, 0.25)
+    expected = []
+    for norm, base, vit_map, scale in zip(model.output_norms, pre_norm, maps, scales, strict=True):
+        if scale != 1.0:
+            vit_map = F.interpolate(vit_map, scale_factor=scale, mode="bilinear", align_corners=False)
+        expected.append(norm(base + vit_map))
+    for ours, ref in zip(actual, expected, strict=True):
+        assert (ours - ref).abs().max().item() < 1e-5
+    # The previous rule (last map after the final LayerNorm, added to every output) differs.
+    last = model.vit.layernorm(stage_outputs[-1][:, 1:]).transpose(1, 2).reshape(1, -1, *grid)
+    old = [
+        norm(base + F.interpolate(last, size=base.shape[-2:], mode="bilinear", align_corners=False))
+        for norm, base in zip(model.output_norms, pre_norm, strict=True)
+    ]
+    assert max((o - a).abs().max().item() for o, a in zip(old, actual, strict=True)) > 1e-3
 
 
 def test_sizes_must_be_multiples_of_32(adapter: SohesViTAdapter) -> None:

@@ -20,6 +20,7 @@ def tiny_model_config() -> dict[str, Any]:
     return tiny_sohes_config_kwargs(
         backbone_config={"num_hidden_layers": 2},
         interaction_indexes=[[0, 0], [1, 1]],
+        adapter_add_vit_feature=False,  # the official per-stage addition needs four stages
         decoder_layers=2,
         num_queries=8,
         train_num_points=64,

@@ -101,7 +101,9 @@ class SohesConfig(PretrainedConfig):
         adapter_use_cffn (`bool`, defaults to `True`):
             Whether extractors end with the convolutional FFN.
         adapter_add_vit_feature (`bool`, defaults to `True`):
-            Whether the final ViT tokens, resampled to strides 4/8/16/32, are added to the outputs.
+            Whether the ViT token map after each of the four interaction stages (no final
+            LayerNorm) is added to one output, bilinearly resized: stage 1 to stride 4, 2 to 8,
+            3 to 16, 4 to 32 (official ViT-Adapter rule); needs four interaction groups.
         adapter_use_extra_extractor (`bool`, defaults to `True`):
             Whether the last interaction block has two extra extractors (ViT-Adapter default).
         adapter_init_values (`float`, defaults to 0.0):

@@ -20,11 +20,11 @@ def tiny_sohes_config(**overrides: Any) -> SohesConfig:
 def tiny_sohes_config_kwargs(**overrides: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`tiny_sohes_config` (e.g. for a training recipe's model section).
 
-    ViT: 4 layers of width 64 (patch 8) in two interaction groups; pixel decoder and decoder of
-    width 32; 16 queries; 3 decoder predictions; 256 sampled points per mask. Any field can be
-    overridden, e.g. ``tiny_sohes_config(num_queries=8, ancestor_loss_weight=0.0)``; a
-    ``backbone_config`` dict override is merged into the tiny ViT settings (a ``ViTConfig`` replaces
-    them).
+    ViT: 4 layers of width 64 (patch 8) in four interaction groups (one per adapter output);
+    pixel decoder and decoder of width 32; 16 queries; 3 decoder predictions; 256 sampled points
+    per mask. Any field can be overridden, e.g.
+    ``tiny_sohes_config(num_queries=8, ancestor_loss_weight=0.0)``; a ``backbone_config`` dict
+    override is merged into the tiny ViT settings (a ``ViTConfig`` replaces them).
     """
     backbone = {
         "hidden_size": 64,
@@ -42,7 +42,7 @@ def tiny_sohes_config_kwargs(**overrides: Any) -> dict[str, Any]:
         backbone.update(backbone_override)
     settings: dict[str, Any] = {
         "backbone_config": backbone,
-        "interaction_indexes": [[0, 1], [2, 3]],
+        "interaction_indexes": [[0, 0], [1, 1], [2, 2], [3, 3]],
         "adapter_conv_inplane": 16,
         "adapter_num_heads": 4,
         "adapter_num_points": 2,

@@ -13,9 +13,11 @@ token grid has stride ``patch_size`` (8 for DINO ViT-B/8):
 * injector: queries are the ViT patch tokens (stride 8), values the three SPM levels;
 * extractor: queries are the SPM tokens of levels 8/16/32, values the ViT tokens (one level);
 * outputs: stride 4 = SPM stride-4 map + 2x upsampled stride-8 level; strides 8/16/32 = the
-  updated SPM levels. With ``adapter_add_vit_feature`` the final ViT token map (after the ViT's
-  own final LayerNorm) is resampled bilinearly to each output size and added: upsampled x2 for
-  stride 4, as is for stride 8, and downsampled for 16 and 32. Each output gets a GroupNorm.
+  updated SPM levels. With ``adapter_add_vit_feature`` the ViT token map kept after each
+  interaction stage (the output of the stage's layer group, no final LayerNorm) is added to one
+  output, as in the official adapter: stage 1 to stride 4, stage 2 to stride 8, stage 3 to 16,
+  stage 4 to 32, each resized bilinearly (``align_corners=False``) to its level; at patch 8 that
+  is x2, as is, x0.5, x0.25. Each output gets a GroupNorm.
 
 Unlike the official adapter, the [CLS] token is kept in the ViT sequence (DINO was trained with
 it); only the patch tokens take part in injection and extraction.
@@ -54,6 +56,9 @@ class SohesViTAdapter(nn.Module):
         self.interaction_indexes = [tuple(group) for group in (config.interaction_indexes or [])]
         self.add_vit_feature = config.adapter_add_vit_feature
         self.vit = ViTModel(vit_config, add_pooling_layer=False)
+        # The official adapter never applies the ViT's final norm; it stays (DINO checkpoints load
+        # as they are) but frozen, so no optimizer or DDP sees a parameter without gradient.
+        self.vit.layernorm.requires_grad_(False)
         self.level_embed = nn.Parameter(torch.zeros(len(PYRAMID_STRIDES), width))
         self.spatial_prior = SpatialPriorModule(
             config.adapter_conv_inplane, width, config.adapter_norm_num_groups, vit_config.num_channels
@@ -123,11 +128,13 @@ class SohesViTAdapter(nn.Module):
 
         hidden = self.vit.embeddings(pixel_values, interpolate_pos_encoding=True)
         num_blocks = len(self.interaction_indexes)
+        stage_maps: list[torch.Tensor] = []
         for block, (start, end) in enumerate(self.interaction_indexes):
             patches = self.injectors[block](hidden[:, 1:], vit_points, prior_tokens, pyramid_shapes)
             hidden = torch.cat((hidden[:, :1], patches), dim=1)
             for layer in self.vit.layers[start : end + 1]:
                 hidden = layer(hidden, None)
+            stage_maps.append(hidden[:, 1:].transpose(1, 2).reshape(batch_size, -1, *vit_shape))
             extractors = self.extractors[block : block + 1]
             if block == num_blocks - 1:
                 extractors = self.extractors[block:]  # the extra extractors run after the last block
@@ -143,9 +150,15 @@ class SohesViTAdapter(nn.Module):
         ]
         outputs = [stride4_map + self.upsample(pyramid[0]), *pyramid]
         if self.add_vit_feature:
-            vit_tokens = self.vit.layernorm(hidden[:, 1:])
-            vit_map = vit_tokens.transpose(1, 2).reshape(batch_size, -1, *vit_shape)
-            outputs = [out + _resize(vit_map, (out.shape[-2], out.shape[-1])) for out in outputs]
+            if len(stage_maps) != len(outputs):
+                raise ValueError(
+                    f"adapter_add_vit_feature needs {len(outputs)} interaction stages, one per output, "
+                    f"got {len(stage_maps)} in interaction_indexes"
+                )
+            outputs = [
+                out + _resize(vit_map, (out.shape[-2], out.shape[-1]))
+                for out, vit_map in zip(outputs, stage_maps, strict=True)
+            ]
         return tuple(norm(out) for norm, out in zip(self.output_norms, outputs, strict=True))
 
 
