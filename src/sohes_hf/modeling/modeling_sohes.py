@@ -229,13 +229,11 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
 
         Raises:
             ValueError: the checkpoint's layer count does not match ``config.interaction_indexes``.
-            HubUnreachableError: a Hub id that is not cached, with no network (an ``OSError``).
+            OSError: a Hub id that is not cached, with no network.
         """
-        from sohes_hf.hub import load_from_hub_or_folder
-
-        vit = load_from_hub_or_folder(
-            ViTModel.from_pretrained, str(backbone_id_or_path), add_pooling_layer=False, **kwargs
-        )
+        # No sohes_hf import here: this file must also run as flat remote code. Callers that want
+        # "Hub unreachable" as one line wrap this call in ``sohes_hf.hub.load_from_hub_or_folder``.
+        vit = ViTModel.from_pretrained(str(backbone_id_or_path), add_pooling_layer=False, **kwargs)
         config = SohesConfig() if config is None else config
         config_dict = config.to_dict()
         config_dict["backbone_config"] = vit.config.to_dict()

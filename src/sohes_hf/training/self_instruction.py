@@ -69,7 +69,11 @@ def build_model(config: TrainingConfig) -> SohesForHierarchicalSegmentation:
         return SohesForHierarchicalSegmentation.from_pretrained(config.model_name_or_path)
     model_config = SohesConfig(**config.model_config)
     if config.dino_backbone:
-        return SohesForHierarchicalSegmentation.from_dino(config.dino_backbone, config=model_config)
+        from sohes_hf.hub import load_from_hub_or_folder
+
+        return load_from_hub_or_folder(
+            SohesForHierarchicalSegmentation.from_dino, str(config.dino_backbone), config=model_config
+        )
     logger.warning("no model_name_or_path or dino_backbone: training a randomly initialised model")
     return SohesForHierarchicalSegmentation(model_config)
 
