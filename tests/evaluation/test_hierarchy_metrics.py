@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from sohes_hf.evaluation.hierarchy_metrics import (
-    depths_from_parents,
     match_one_to_one,
     parent_link_metrics,
     per_depth_ar,
@@ -80,12 +79,6 @@ def test_matching_is_one_to_one_by_score() -> None:
     iou = np.array([[0.6, 0.0], [0.9, 0.55]])
     # prediction 1 (higher score) takes ground truth 0 first; prediction 0 is left with nothing >= 0.5.
     assert match_one_to_one(iou, [0.1, 0.9]).tolist() == [-1, 0]
-
-
-def test_depths_from_parents() -> None:
-    assert depths_from_parents([-1, 0, 1, 0, -1]) == [0, 1, 2, 1, 0]
-    with pytest.raises(ValueError, match="cycle"):
-        depths_from_parents([1, 0])
 
 
 def _rle(mask: np.ndarray) -> dict[str, object]:

@@ -114,6 +114,10 @@ def test_empty_masks_are_isolated_roots() -> None:
     assert build_hierarchy([]).shape == (0,)
 
 
+def test_hierarchy_depths_of_a_forest_with_a_subpart() -> None:
+    np.testing.assert_array_equal(hierarchy_depths([-1, 0, 1, 0, -1]), [0, 1, 2, 1, 0])
+
+
 def _brute_depths(parents: np.ndarray) -> np.ndarray:
     depths = []
     for node in range(len(parents)):

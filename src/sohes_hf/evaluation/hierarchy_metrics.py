@@ -77,21 +77,6 @@ class HierarchyMetrics:
         return output
 
 
-def depths_from_parents(parents: Sequence[int]) -> list[int]:
-    """Depth of each node from parent indices (-1: root, depth 0); raises on a cycle."""
-    depths: list[int] = []
-    for start in range(len(parents)):
-        depth, node, seen = 0, start, {start}
-        while parents[node] >= 0:
-            node = parents[node]
-            if node in seen:
-                raise ValueError(f"parent links form a cycle through index {node}")
-            seen.add(node)
-            depth += 1
-        depths.append(depth)
-    return depths
-
-
 def per_depth_ar(
     predictions: Sequence[Mapping[str, Any]],
     references: Sequence[Mapping[str, Any]],
