@@ -56,9 +56,11 @@ class SohesViTAdapter(nn.Module):
         self.interaction_indexes = [tuple(group) for group in (config.interaction_indexes or [])]
         self.add_vit_feature = config.adapter_add_vit_feature
         self.vit = ViTModel(vit_config, add_pooling_layer=False)
-        # The official adapter never applies the ViT's final norm; it stays (DINO checkpoints load
-        # as they are) but frozen, so no optimizer or DDP sees a parameter without gradient.
-        self.vit.layernorm.requires_grad_(False)
+        # The official adapter never applies the ViT's final norm. Its weights stay (DINO
+        # checkpoints load as they are) as buffers: a trainable parameter without gradient makes
+        # DDP fail at the second step, and requires_grad_(False) here would not last, since
+        # transformers 5's from_pretrained re-creates every loaded parameter trainable.
+        self.vit.layernorm = _FixedLayerNorm(width, eps)  # type: ignore[assignment]  # same interface
         self.level_embed = nn.Parameter(torch.zeros(len(PYRAMID_STRIDES), width))
         self.spatial_prior = SpatialPriorModule(
             config.adapter_conv_inplane, width, config.adapter_norm_num_groups, vit_config.num_channels
@@ -166,3 +168,19 @@ def _resize(feature_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(feature_map.shape[-2:]) == size:
         return feature_map
     return nn.functional.interpolate(feature_map, size=size, mode="bilinear", align_corners=False)
+
+
+class _FixedLayerNorm(nn.Module):
+    """A LayerNorm whose affine weights are persistent buffers (same state-dict keys), never trained."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(width))
+        self.register_buffer("bias", torch.zeros(width))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(hidden, hidden.shape[-1:], self.weight, self.bias, self.eps)
