@@ -109,6 +109,7 @@ TIMED_STEPS: tuple[tuple[str, str, str], ...] = (
     ("subregion RLE compression", "local_reclustering", "encode_rle_counts"),
     ("_remove_duplicates NMS", "self_exploration", "_remove_duplicates"),
     ("resize to original size", "self_exploration", "_resize_masks"),
+    ("clean-up (area, corners)", "self_exploration", "clean_masks"),
     ("hierarchy", "self_exploration", "_hierarchy"),
     ("final areas + boxes", "self_exploration", "mask_areas"),
     ("final areas + boxes", "self_exploration", "mask_boxes_xywh"),
