@@ -63,7 +63,10 @@ class SelfExplorationConfig:
             refiner disagrees with the clustering about where the entity is).
         min_mask_area: masks with fewer pixels at the original resolution are dropped after
             refinement (not in the paper; HASSOD's ``hac/hac.py`` drops masks under 100 px; 0 keeps
-            all). See :mod:`~sohes_hf.pseudo_labeling.mask_cleanup`.
+            all). Pixels of the original image, as in HASSOD: 31 px at S = 1,024 for an SA-1B
+            image (the paper's data), but 341 px at S for a 640 x 480 one, where it also removes
+            the local subregions below that; lower it for small images. See
+            :mod:`~sohes_hf.pseudo_labeling.mask_cleanup`.
         max_mask_corners: masks containing more of the four image-corner pixels are dropped after
             refinement (not in the paper; HASSOD drops masks touching 3 or 4 corners: 2; 4 keeps
             all). The lowest merging thresholds unite the whole frame, or all of it but one
