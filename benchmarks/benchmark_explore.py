@@ -109,6 +109,7 @@ TIMED_STEPS: tuple[tuple[str, str, str], ...] = (
     ("subregion RLE compression", "local_reclustering", "encode_rle_counts"),
     ("_remove_duplicates NMS", "self_exploration", "_remove_duplicates"),
     ("resize to original size", "self_exploration", "_resize_masks"),
+    ("clean-up (area, corners)", "self_exploration", "clean_masks"),
     ("hierarchy", "self_exploration", "_hierarchy"),
     ("final areas + boxes", "self_exploration", "mask_areas"),
     ("final areas + boxes", "self_exploration", "mask_boxes_xywh"),
@@ -207,7 +208,7 @@ def bench_non_network(repeats: int) -> None:
     t = [r.timings for r in rows]
     print("== non-network time per 1024 x 1024 image (CPU, 768-D features, refiner none) ==")
     print(f"  wall-clock timings of explore_image (median of {repeats}):")
-    for name in ("global_clustering", "local_reclustering", "resize", "hierarchy"):
+    for name in ("global_clustering", "local_reclustering", "resize", "cleanup", "hierarchy"):
         print(f"    {name:20s} {statistics.median(getattr(x, name) for x in t):7.3f} s")
     print(f"    {'non_network total':20s} {statistics.median(x.non_network for x in t):7.3f} s")
     crop_features = statistics.median(x.local_features for x in t)
@@ -233,7 +234,8 @@ def bench_non_network(repeats: int) -> None:
     c = rows[0].counts
     print(
         f"  masks: pool {c.global_regions} -> NMS {c.after_nms} -> small {c.small_regions} -> "
-        f"local subregions {c.local_subregions} -> final {c.after_refinement} (first image)"
+        f"local subregions {c.local_subregions} -> refined {c.after_refinement} -> final {c.after_cleanup} "
+        "(first image)"
     )
 
 

@@ -47,10 +47,28 @@ def _scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return image, masks
 
 
-def test_explore_image_finds_the_hierarchy_at_original_resolution() -> None:
+# The paper's steps alone keep the gray background (all four corners) as a root; HASSOD's
+# clean-up (the defaults) drops it, and the merged blocks are then the only whole entity.
+WITHOUT_CLEANUP = {"min_mask_area": 0, "max_mask_corners": 4}
+
+
+@pytest.mark.parametrize(
+    ("cleanup", "expected_parents"),
+    [
+        (WITHOUT_CLEANUP, {"both": None, "gray": None, "red": "both", "orange": "both"}),
+        ({}, {"both": None, "red": "both", "orange": "both"}),
+    ],
+)
+def test_explore_image_finds_the_hierarchy_at_original_resolution(
+    cleanup: dict[str, object], expected_parents: dict[str, str | None]
+) -> None:
     image, expected = _scene()
     config = SelfExplorationConfig(
-        image_size=64, local_crop_size=64, merge_thresholds=(0.9, 0.5), refiner="none"
+        image_size=64,
+        local_crop_size=64,
+        merge_thresholds=(0.9, 0.5),
+        refiner="none",
+        **cleanup,  # type: ignore[arg-type]
     )
     labels = explore_image(image, ColorFeatures(), IdentityRefiner(), config)
     found = [decode_mask(m) for m in labels.masks]
@@ -60,18 +78,73 @@ def test_explore_image_finds_the_hierarchy_at_original_resolution() -> None:
         matches = [name for name, target in expected.items() if np.array_equal(mask, target)]
         assert len(matches) == 1
         names.append(matches[0])
-    assert sorted(names) == ["both", "gray", "orange", "red"]  # gray found twice, kept once
+    assert sorted(names) == sorted(expected_parents)  # gray found twice, kept at most once
     parent_name = {names[i]: (names[p] if p >= 0 else None) for i, p in enumerate(labels.parents)}
-    assert parent_name == {"both": None, "gray": None, "red": "both", "orange": "both"}
+    assert parent_name == expected_parents
     depth = dict(zip(names, labels.depths.tolist(), strict=True))
-    assert depth == {"both": 0, "gray": 0, "red": 1, "orange": 1}
+    assert depth == {name: 0 if parent is None else 1 for name, parent in expected_parents.items()}
     assert all(p < i for i, p in enumerate(labels.parents))  # parents precede children
     np.testing.assert_array_equal(labels.areas, [m.sum() for m in found])
     np.testing.assert_array_equal(labels.boxes, mask_boxes_xywh(labels.masks))
     np.testing.assert_array_equal(labels.scores, 1.0)
     assert labels.counts.global_regions == 4 and labels.counts.after_nms == 4  # 3 + 2 regions, gray twice
     assert labels.counts.after_refinement == 4
+    assert labels.counts.after_cleanup == len(expected_parents)
     assert labels.timings.total >= labels.timings.network >= 0.0
+
+
+@pytest.mark.parametrize(
+    ("cleanup", "expected_parents"),
+    [
+        (  # the paper's steps alone: the merged frame is the one root, every entity its part
+            WITHOUT_CLEANUP,
+            {
+                "frame": None,
+                "gray": "frame",
+                "band": "frame",
+                "both": "frame",
+                "red": "both",
+                "orange": "both",
+            },
+        ),
+        (  # defaults: the frame (4 corners) is gone and its children are the roots
+            {},
+            {"gray": None, "band": None, "both": None, "red": "both", "orange": "both"},
+        ),
+        (  # HASSOD's hole filling as well: the gray surround, filled, becomes the blocks' parent
+            {"use_hole_filling": True},
+            {"gray_filled": None, "band": None, "both": "gray_filled", "red": "both", "orange": "both"},
+        ),
+    ],
+)
+def test_the_whole_frame_is_dropped_and_its_children_become_roots(
+    cleanup: dict[str, object], expected_parents: dict[str, str | None]
+) -> None:
+    """The user's symptom in miniature: the last threshold (-0.99) merges everything into one region.
+
+    A green band along the bottom holds two corners, the gray rest (around the blocks) the two
+    top ones, the merged frame all four. All boundaries fall on whole patches.
+    """
+    image, expected = _scene()
+    image[72:, :] = (0, 255, 0)
+    expected["band"] = np.zeros((96, 128), dtype=bool)
+    expected["band"][72:, :] = True
+    expected["gray"] &= ~expected["band"]
+    expected["gray_filled"] = expected["gray"] | expected["both"]
+    expected["frame"] = np.ones((96, 128), dtype=bool)
+    config = SelfExplorationConfig(
+        image_size=64,
+        local_crop_size=64,
+        merge_thresholds=(0.9, 0.5, -0.99),
+        refiner="none",
+        **cleanup,  # type: ignore[arg-type]
+    )
+    labels = explore_image(image, ColorFeatures(), IdentityRefiner(), config)
+    masks = [decode_mask(m) for m in labels.masks]
+    names = [next(n for n, target in expected.items() if np.array_equal(m, target)) for m in masks]
+    parents = {names[i]: (names[p] if p >= 0 else None) for i, p in enumerate(labels.parents)}
+    assert parents == expected_parents
+    assert labels.depths.tolist() == [0 if p < 0 else 1 + labels.depths[p] for p in labels.parents]
 
 
 def test_parents_match_build_hierarchy_and_cover_their_children() -> None:
@@ -126,6 +199,10 @@ def test_bad_inputs_raise() -> None:
         ("local_crop_context", 0.5),
         ("precision", "fp8"),
         ("refinement_fast", "yes"),
+        ("min_mask_area", -1),
+        ("max_mask_corners", 5),
+        ("max_mask_corners", -1),
+        ("use_hole_filling", 1),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
@@ -139,6 +216,9 @@ def test_config_defaults_are_the_papers_and_round_trip() -> None:
     assert config.merge_thresholds == (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
     assert config.small_region_area_ratio == (32 * 32) / (1024 * 1024)
     assert config.coverage_threshold == 0.9 and config.feature_kind == "keys"
+    # HASSOD's clean-up (hac/hac.py): masks under 100 px or with 3-4 corners dropped.
+    assert config.min_mask_area == 100 and config.max_mask_corners == 2
+    assert not config.use_hole_filling  # HASSOD fills holes; see docs/self_exploration.md
     assert SelfExplorationConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown"):
         SelfExplorationConfig.from_dict({"theta": 1})

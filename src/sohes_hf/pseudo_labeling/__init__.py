@@ -3,7 +3,8 @@
 Steps, one module each: :mod:`.features` (DINO patch features), :mod:`.merge` (global
 agglomerative clustering), :mod:`.region_pool` (mixing the thresholds' regions, NMS),
 :mod:`.local_reclustering` (zooming in on small regions), :mod:`.refinement` (CascadePSP and the
-IoU filter), :mod:`.hierarchy` (coverage-based parents), orchestrated per image by
+IoU filter), :mod:`.mask_cleanup` (HASSOD's area and corner tests), :mod:`.hierarchy`
+(coverage-based parents), orchestrated per image by
 :mod:`.self_exploration` and over a dataset by :mod:`.explore_job`.
 
 Names are imported lazily on first access, so ``import sohes_hf.pseudo_labeling`` does not pay
@@ -39,6 +40,9 @@ _EXPORTS: dict[str, str] = {
     "RefinementResult": "refinement",
     "build_refiner": "refinement",
     "refine_and_filter": "refinement",
+    # HASSOD's clean-up between steps 3 and 4
+    "CleanupResult": "mask_cleanup",
+    "clean_masks": "mask_cleanup",
     # step 4: hierarchy
     "Hierarchy": "hierarchy",
     "DEFAULT_COVERAGE_THRESHOLD": "hierarchy",
@@ -63,6 +67,7 @@ __all__ = [
     "DEFAULT_COVERAGE_THRESHOLD",
     "DEFAULT_MERGE_THRESHOLDS",
     "CascadePSPRefiner",
+    "CleanupResult",
     "DinoFeatureExtractor",
     "ExplorationCounts",
     "ExplorationTimings",
@@ -85,6 +90,7 @@ __all__ = [
     "build_hierarchy",
     "build_refiner",
     "build_region_pool",
+    "clean_masks",
     "deduplicate_regions",
     "explore_image",
     "hierarchy_depths",
@@ -121,6 +127,7 @@ if TYPE_CHECKING:
         LocalReclusteringResult,
         local_recluster,
     )
+    from sohes_hf.pseudo_labeling.mask_cleanup import CleanupResult, clean_masks
     from sohes_hf.pseudo_labeling.merge import (
         DEFAULT_MERGE_THRESHOLDS,
         agglomerative_merge,

@@ -3,6 +3,9 @@
 Every threshold of the phase is a named field with the paper's default, so a researcher can map
 the code to the paper's symbols: ``merge_thresholds`` = {theta_merge,t}, ``small_region_area_ratio``
 = theta_small, ``local_crop_size`` = S', ``coverage_threshold`` = theta_cover, ``image_size`` = S.
+Steps the paper leaves open, or does not mention but HASSOD (the code SOHES builds on) takes
+(``min_mask_area``, ``max_mask_corners``, ``use_hole_filling``), have fields with documented
+defaults too; docs/self_exploration.md lists every deviation from the paper and HASSOD.
 """
 
 from __future__ import annotations
@@ -58,6 +61,23 @@ class SelfExplorationConfig:
             are dropped as noisy (section 3.1 step 3 "remove the ones that have poor IoUs"; the paper
             gives no value; 0.5 drops a mask when refinement moved most of it, i.e. when the
             refiner disagrees with the clustering about where the entity is).
+        min_mask_area: masks with fewer pixels at the original resolution are dropped after
+            refinement (not in the paper; HASSOD's ``hac/hac.py`` drops masks under 100 px; 0 keeps
+            all). Pixels of the original image, as in HASSOD: 31 px at S = 1,024 for an SA-1B
+            image (the paper's data), but 341 px at S for a 640 x 480 one, where it also removes
+            the local subregions below that; lower it for small images. See
+            :mod:`~sohes_hf.pseudo_labeling.mask_cleanup`.
+        max_mask_corners: masks containing more of the four image-corner pixels are dropped after
+            refinement (not in the paper; HASSOD drops masks touching 3 or 4 corners: 2; 4 keeps
+            all). The lowest merging thresholds unite the whole frame, or all of it but one
+            side, into one region that would otherwise be the single root of every hierarchy,
+            making every entity a part, while roots are "whole entities" (section 3.1 step 4).
+        use_hole_filling: fill the holes of every kept mask (background not 4-connected to the
+            image border) before the hierarchy (not in the paper; HASSOD does, with
+            ``scipy.ndimage.binary_fill_holes``). Off by default: a background region's holes are
+            the entities in front of it, and filled, it becomes their ancestor, so the entities
+            are no longer roots (section 3.1 step 4); spurious small holes are CascadePSP's to
+            repair from the image.
         coverage_threshold: theta_cover, fraction of a mask that must lie inside another mask for the
             latter to be its ancestor (section 3.1 step 4; appendix D: 0.9).
         feature_kind: which last-layer ViT feature is clustered: "keys" (default, as HASSOD and
@@ -83,6 +103,9 @@ class SelfExplorationConfig:
     max_local_crops: int = 256
     min_subregion_area: int = 16
     refinement_iou_threshold: float = 0.5
+    min_mask_area: int = 100
+    max_mask_corners: int = 2
+    use_hole_filling: bool = False
     coverage_threshold: float = 0.9
     feature_kind: str = "keys"
     min_image_side: int = 32
@@ -102,6 +125,10 @@ class SelfExplorationConfig:
         _check_int(self, "min_image_side", minimum=1)
         _check_int(self, "feature_batch_size", minimum=1)
         _check_int(self, "refinement_max_side", minimum=8)
+        _check_int(self, "min_mask_area", minimum=0)
+        _check_int(self, "max_mask_corners", minimum=0)
+        if self.max_mask_corners > 4:
+            raise ValueError(f"max_mask_corners: must be an integer in [0, 4], got {self.max_mask_corners!r}")
         thresholds = self.merge_thresholds
         if not thresholds:
             raise ValueError("merge_thresholds: need at least one threshold")
@@ -118,8 +145,9 @@ class SelfExplorationConfig:
         _check_choice(self, "feature_kind", FEATURE_KINDS)
         _check_choice(self, "refiner", REFINER_BACKENDS)
         _check_choice(self, "precision", PRECISIONS)
-        if not isinstance(self.refinement_fast, bool):
-            raise ValueError(f"refinement_fast: must be a bool, got {self.refinement_fast!r}")
+        for name in ("refinement_fast", "use_hole_filling"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be a bool, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of every field (written next to the pseudo-labels for provenance)."""

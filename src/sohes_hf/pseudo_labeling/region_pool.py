@@ -30,8 +30,9 @@ Choices made here (the paper does not fix them):
       levels, a stability criterion in the spirit of MSER), then the one from the finer level,
       then the earlier in pool order. A region grown by a few patches at the next level usually
       lives for one level only, while the entity it slightly extends is stable.
-    * Regions covering the whole image (typical at the lowest thresholds) are legitimate "whole
-      scene" entities and are kept; filtering them, if wanted, is the caller's decision.
+    * Regions covering the whole image (typical at the lowest thresholds) stay in the pool: the
+      pool is the paper's, and dropping them is a clean-up after refinement
+      (:mod:`~sohes_hf.pseudo_labeling.mask_cleanup`, HASSOD's three-corner rule).
 
 Two exact NMS paths (same kept set, same preference order; the tests compare them):
     * **Nested label maps** (what ``agglomerative_merge`` returns: merging only coarsens, so

@@ -8,7 +8,11 @@
 2. *Local re-clustering*: replace each region smaller than theta_small of the image by the
    complete subregions found when re-clustering a zoomed-in crop around it.
 3. *Refinement*: refine every mask (CascadePSP) at the original resolution and drop the masks
-   whose IoU before/after refinement is poor.
+   whose IoU before/after refinement is poor. Then HASSOD's clean-up, which the paper does not
+   list (:mod:`~sohes_hf.pseudo_labeling.mask_cleanup`): drop masks under ``min_mask_area``
+   pixels and masks containing 3 or 4 image corners (the whole-frame and background regions of
+   the lowest thresholds, which would otherwise be the one root of every hierarchy) and, if
+   asked, fill holes.
 4. *Hierarchy*: mask A is an ancestor of mask B when at least theta_cover of B lies inside A; each
    mask's parent is its smallest ancestor. Masks are ordered so parents precede children.
 
@@ -33,6 +37,7 @@ from sohes_hf.masks import decode_mask, encode_rle_counts, mask_areas, mask_boxe
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.hierarchy import build_hierarchy, hierarchy_depths, order_parents_first
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor, local_recluster
+from sohes_hf.pseudo_labeling.mask_cleanup import clean_masks
 from sohes_hf.pseudo_labeling.merge import agglomerative_merge
 from sohes_hf.pseudo_labeling.refinement import MaskRefiner, check_rgb_image, refine_and_filter
 from sohes_hf.pseudo_labeling.region_pool import (
@@ -50,7 +55,7 @@ class ExplorationTimings:
     """Wall time (seconds) of each step of :func:`explore_image`.
 
     ``global_features`` and ``local_features`` are backbone time, ``refinement`` the refiner's;
-    :attr:`non_network` is everything else (clustering, NMS, masks, hierarchy).
+    :attr:`non_network` is everything else (clustering, NMS, masks, clean-up, hierarchy).
     """
 
     global_features: float
@@ -59,6 +64,7 @@ class ExplorationTimings:
     local_features: float
     resize: float
     refinement: float
+    cleanup: float
     hierarchy: float
     total: float
 
@@ -85,6 +91,7 @@ class ExplorationCounts:
         local_subregions: complete subregions found in the crops.
         after_local: masks after step 2 (table 2 "w/ local re-clustering").
         after_refinement: masks after refinement and IoU filtering (table 2 "CascadePSP").
+        after_cleanup: masks after HASSOD's clean-up (area, corners; the final masks).
     """
 
     global_regions: int
@@ -93,6 +100,7 @@ class ExplorationCounts:
     local_subregions: int
     after_local: int
     after_refinement: int
+    after_cleanup: int
 
 
 @dataclass(frozen=True)
@@ -183,10 +191,19 @@ def explore_image(
     masks = _resize_masks(masks_s, height, width)
     resize_seconds = time.perf_counter() - start
     refined = refine_and_filter(image, masks, refiner, config.refinement_iou_threshold)
-
-    # Step 4: hierarchy by coverage, parents first.
     start = time.perf_counter()
-    final_masks, parents, depths = _hierarchy(refined.masks, config.coverage_threshold)
+    cleaned = clean_masks(
+        refined.masks,
+        min_area=config.min_mask_area,
+        max_corners=config.max_mask_corners,
+        use_hole_filling=config.use_hole_filling,
+    )
+    cleanup_seconds = time.perf_counter() - start
+
+    # Step 4: hierarchy by coverage, parents first (masks removed above leave their children
+    # to the next ancestor, or make them roots).
+    start = time.perf_counter()
+    final_masks, parents, depths = _hierarchy(cleaned.masks, config.coverage_threshold)
     num_masks = len(final_masks)
     result_areas = mask_areas(final_masks) if num_masks else np.zeros(0, dtype=np.int64)
     boxes = mask_boxes_xywh(final_masks) if num_masks else np.zeros((0, 4), dtype=np.float64)
@@ -199,6 +216,7 @@ def explore_image(
         local_features=local.network_seconds,
         resize=resize_seconds,
         refinement=refined.seconds,
+        cleanup=cleanup_seconds,
         hierarchy=hierarchy_seconds,
         total=time.perf_counter() - total_start,
     )
@@ -208,7 +226,8 @@ def explore_image(
         small_regions=len(small),
         local_subregions=len(local.masks),
         after_local=len(masks_s),
-        after_refinement=num_masks,
+        after_refinement=len(refined.masks),
+        after_cleanup=num_masks,
     )
     logger.debug("self-exploration counts %s, timings %s", counts, timings)
     return ImagePseudoLabels(
