@@ -24,6 +24,8 @@ RECORD = {
     "started_at": "2026-11-20T10:00:00Z",
     "finished_at": "2026-11-21T11:30:00Z",
     "final_loss": 3.25,
+    "backbone_initialization": "dino",
+    "backbone_source": "facebook/dino-vitb8",
 }
 EVALUATION = {"SA-1B": {"AP": 11.04, "AR_S": 7.5, "AR_M": 30.25, "AR_L": 41.0, "AR": 29.96}}
 
@@ -98,3 +100,21 @@ def test_save_model_card_writes_readme_atomically(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="file"):
         save_model_card(tmp_path / "file", tiny_sohes_config())
+
+
+def test_card_says_how_the_backbone_was_initialised() -> None:
+    config = tiny_sohes_config()
+    dino = render_model_card(config, RECORD)
+    assert "patch 8x8 (initialised from DINO: facebook/dino-vitb8)" in dino
+    assert "The backbone was initialised from DINO (Caron et al., 2021)" in dino
+    assert "| Backbone weights from | facebook/dino-vitb8 |" in dino
+    random = render_model_card(
+        config, {**RECORD, "backbone_initialization": "random", "backbone_source": None}
+    )
+    assert "patch 8x8 (randomly initialised, no DINO weights)" in random
+    assert "no pre-trained DINO weights were used" in random
+    assert "initialised from DINO" not in random and "DINO self-supervised initialisation" not in random
+    # A record written before the field existed, or none at all: the card does not guess.
+    for record in ({k: v for k, v in RECORD.items() if not k.startswith("backbone_")}, None):
+        card = render_model_card(config, record)
+        assert "(initialisation not recorded)" in card and "initialised from DINO" not in card

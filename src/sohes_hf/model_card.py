@@ -7,7 +7,8 @@ A card is rendered from three sources, so it always describes the checkpoint it 
 * the training record that training writes as ``training_record.json`` (keys ``phase``,
   ``steps``, ``global_batch_size``, ``learning_rate``, ``optimizer``, ``ema_momentum``,
   ``train_data``, ``num_train_images``, ``seed``, ``sohes_hf_version``, ``started_at``,
-  ``finished_at``, ``final_loss``; optional ``license``);
+  ``finished_at``, ``final_loss``, ``backbone_initialization``, ``backbone_source``; optional
+  ``license``), which also says how the backbone was initialised (DINO weights or random);
 * evaluation results: ``{dataset name: {"AP": ..., "AR_S": ..., "AR_M": ..., "AR_L": ...,
   "AR": ...}}`` in **percent** (the paper's Table 4/5 layout, AR at up to 1,000 predictions).
 
@@ -75,6 +76,8 @@ _RECORD_ROWS = (
     ("num_train_images", "Training images"),
     ("seed", "Seed"),
     ("final_loss", "Final loss"),
+    ("backbone_initialization", "Backbone initialisation"),
+    ("backbone_source", "Backbone weights from"),
     ("sohes_hf_version", "sohes-hf version"),
     ("started_at", "Started"),
     ("finished_at", "Finished"),
@@ -95,7 +98,25 @@ def _fmt(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _architecture(config: Any) -> str:
+def _backbone_origin(record: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(Backbone-row note, License-section sentence) for the record's backbone initialisation."""
+    kind = (record or {}).get("backbone_initialization")
+    source = (record or {}).get("backbone_source")
+    if kind == "dino":
+        where = f": {source}" if source else ""
+        return (
+            f"initialised from DINO{where}",
+            "The backbone was initialised from DINO (Caron et al., 2021) self-supervised weights.",
+        )
+    if kind == "random":
+        return (
+            "randomly initialised, no DINO weights",
+            "The backbone was randomly initialised: no pre-trained DINO weights were used.",
+        )
+    return ("initialisation not recorded", "How the backbone was initialised was not recorded.")
+
+
+def _architecture(config: Any, record: Mapping[str, Any] | None = None) -> str:
     backbone = _get(config, "backbone_config") or {}
     hidden = _get(backbone, "hidden_size")
     layers = _get(backbone, "num_hidden_layers")
@@ -104,7 +125,7 @@ def _architecture(config: Any) -> str:
         (
             "Backbone",
             f"ViT, {layers} layers, width {hidden}, {_get(backbone, 'num_attention_heads')} heads, "
-            f"patch {patch}x{patch} (DINO self-supervised initialisation)",
+            f"patch {patch}x{patch} ({_backbone_origin(record)[0]})",
         ),
         (
             "ViT-Adapter",
@@ -239,7 +260,8 @@ def render_model_card(
         else "SOHES hierarchical entity segmentation",
         version_note=f" (version {version})" if version else "",
         model_id=model_id or "path/to/model",
-        architecture=_architecture(config),
+        architecture=_architecture(config, record),
+        backbone_credit=_backbone_origin(record)[1],
         training=_training(record),
         evaluation=_evaluation(evaluation),
         license=str(chosen_license),

@@ -18,7 +18,8 @@ def test_defaults_are_dino_vitb8_with_vit_adapter_and_mask2former() -> None:
     # facebook/dino-vitb8 (paper section 3.1, appendix A)
     assert (backbone.hidden_size, backbone.num_hidden_layers, backbone.num_attention_heads) == (768, 12, 12)
     assert backbone.patch_size == 8
-    assert backbone.layer_norm_eps == 1e-12
+    assert backbone.layer_norm_eps == 1e-6  # DINO's vision_transformer.py, not the Hub config's 1e-12
+    assert config.backbone_position_interpolation == "vit_adapter"
     assert config.interaction_indexes == [[0, 2], [3, 5], [6, 8], [9, 11]]
     assert config.model_type == "sohes"
     mask2former = config.to_mask2former_config()
@@ -71,6 +72,7 @@ def test_bare_backbone_dict_gets_vitb8_defaults() -> None:
         ({"importance_sample_ratio": 2.0}, "importance_sample_ratio"),
         ({"class_weight": 0.0, "mask_weight": 0.0, "dice_weight": 0.0}, "class_weight"),
         ({"backbone_config": {"patch_size": 14}}, "patch_size"),
+        ({"backbone_position_interpolation": "bilinear"}, "backbone_position_interpolation"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_field(overrides: dict, field: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.pseudo_labeling.dino_reference import dino_layout_weights
 from transformers import ViTModel
 
 from sohes_hf.cli import convert as convert_cli
@@ -33,27 +34,7 @@ def reference() -> ViTModel:
 
 def _original_layout(model: ViTModel) -> dict[str, torch.Tensor]:
     """DINO's vision_transformer.py names, written out independently of the module under test."""
-    hf = model.state_dict()
-    original = {
-        "cls_token": hf["embeddings.cls_token"],
-        "pos_embed": hf["embeddings.position_embeddings"],
-        "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": hf["layernorm.weight"],
-        "norm.bias": hf["layernorm.bias"],
-    }
-    for i in range(model.config.num_hidden_layers):
-        p = f"layers.{i}."
-        for kind in ("weight", "bias"):
-            original[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(
-                [hf[f"{p}attention.{n}_proj.{kind}"] for n in "qkv"], dim=0
-            )
-            original[f"blocks.{i}.attn.proj.{kind}"] = hf[f"{p}attention.o_proj.{kind}"]
-            original[f"blocks.{i}.norm1.{kind}"] = hf[f"{p}layernorm_before.{kind}"]
-            original[f"blocks.{i}.norm2.{kind}"] = hf[f"{p}layernorm_after.{kind}"]
-            original[f"blocks.{i}.mlp.fc1.{kind}"] = hf[f"{p}mlp.fc1.{kind}"]
-            original[f"blocks.{i}.mlp.fc2.{kind}"] = hf[f"{p}mlp.fc2.{kind}"]
-    return {k: v.clone() for k, v in original.items()}
+    return dino_layout_weights(model)
 
 
 def test_state_dict_mapping_is_exact_and_invertible(reference: ViTModel) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.pseudo_labeling.dino_reference import dino_layout_weights, dino_prepare_tokens
 
 from sohes_hf.modeling.adapter_blocks import MultiScaleDeformableAttention, token_grid_reference_points
 from sohes_hf.modeling.testing_utils import tiny_sohes_config
@@ -104,6 +105,49 @@ def test_vit_feature_addition_follows_the_official_rule() -> None:
         for norm, base in zip(model.output_norms, pre_norm, strict=True)
     ]
     assert max((o - a).abs().max().item() for o, a in zip(old, actual, strict=True)) > 1e-3
+
+
+def _tokens_entering_the_vit(model: SohesViTAdapter, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Input of ViT layer 0; the zero-gated injector passes the embeddings through unchanged."""
+    captured: list[torch.Tensor] = []
+    hook = model.vit.layers[0].register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    with torch.no_grad():
+        model(pixel_values)
+    hook.remove()
+    return captured[0]
+
+
+def test_default_position_rule_is_vit_adapters_exact_grid_resize() -> None:
+    """Official ViT-Adapter ``_get_pos_embed``: bicubic to exactly (H/p, W/p), align_corners=False."""
+    torch.manual_seed(0)
+    model = SohesViTAdapter(tiny_sohes_config()).eval()
+    pixel_values = torch.randn(1, 3, 96, 160)
+    tokens = _tokens_entering_the_vit(model, pixel_values)
+    embeddings = model.vit.embeddings
+    with torch.no_grad():
+        table = embeddings.position_embeddings[:, 1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+        table = F.interpolate(table, size=(12, 20), mode="bicubic", align_corners=False)
+        positions = table.reshape(1, table.shape[1], -1).permute(0, 2, 1)
+        patches = embeddings.patch_embeddings.projection(pixel_values).flatten(2).transpose(1, 2)
+        expected = torch.cat(
+            (embeddings.cls_token + embeddings.position_embeddings[:, :1], patches + positions), dim=1
+        )
+        transformers_tokens = embeddings(pixel_values, interpolate_pos_encoding=True)
+    torch.testing.assert_close(tokens, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(tokens, transformers_tokens, rtol=0, atol=1e-6)
+
+
+def test_dino_position_rule_matches_dinos_prepare_tokens() -> None:
+    """``backbone_position_interpolation="dino"``: the ViT input equals DINO's ``prepare_tokens``."""
+    torch.manual_seed(0)
+    model = SohesViTAdapter(tiny_sohes_config(backbone_position_interpolation="dino")).eval()
+    pixel_values = torch.randn(1, 3, 96, 160)
+    tokens = _tokens_entering_the_vit(model, pixel_values)
+    expected = dino_prepare_tokens(dino_layout_weights(model.vit), pixel_values, patch_size=8)
+    torch.testing.assert_close(tokens, expected, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        exact_grid = model.vit.embeddings(pixel_values, interpolate_pos_encoding=True)
+    assert (tokens - exact_grid).abs().max().item() > 1e-4  # the two rules really differ here
 
 
 def test_sizes_must_be_multiples_of_32(adapter: SohesViTAdapter) -> None:

@@ -7,12 +7,16 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from PIL import Image
 from tests.training import tiny_recipe
+from transformers import pipeline
 
-from sohes_hf.modeling import SohesForHierarchicalSegmentation
+from sohes_hf.modeling import SohesForHierarchicalSegmentation, SohesImageProcessor
+from sohes_hf.pipelines import TASK_NAME, register_pipeline
 from sohes_hf.training import SelfCorrectionTrainer
 from sohes_hf.training.collate import collate_self_correction_examples
 from sohes_hf.training.config import build_training_config
@@ -116,12 +120,24 @@ def test_one_step_updates_teacher_as_ema_and_saves_both_models(
     assert changed > 0  # the student did move
     record = json.loads((out / "training_record.json").read_text())
     assert record["phase"] == "self-correction" and record["ema_momentum"] == 0.9995
+    # The phase-2 folder has no record saying how its backbone started: the card must not guess.
+    assert (record["backbone_initialization"], record["backbone_source"]) == ("unknown", str(phase2_model))
     assert math.isfinite(record["final_loss"])
     saved_teacher = SohesForHierarchicalSegmentation.from_pretrained(out).state_dict()
     saved_student = SohesForHierarchicalSegmentation.from_pretrained(out / "student").state_dict()
     for name, value in saved_teacher.items():
         assert torch.equal(value, teacher[name]), name
         assert torch.equal(saved_student[name], student[name]), name
+
+    # Both folders are complete pipelines; the student's outputs are the student's own.
+    register_pipeline()
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    student_pipeline = pipeline(TASK_NAME, model=str(out / "student"), device="cpu")  # type: ignore[call-overload]
+    assert student_pipeline.image_processor.to_dict() == SohesImageProcessor.from_pretrained(out).to_dict()
+    loaded = student_pipeline.model.state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in student.items())
+    entities = student_pipeline(Image.fromarray(image), threshold=0.0, output_format="binary")
+    assert entities and all(entity["mask"].shape == (40, 56) for entity in entities)
 
 
 def test_loss_is_the_weighted_sum_of_eq_2(data: tuple[Path, Path], phase2_model: Path) -> None:

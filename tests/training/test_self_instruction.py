@@ -17,10 +17,13 @@ from sohes_hf.training import SelfInstructionTrainer, load_training_config, read
 from sohes_hf.training.collate import collate_training_examples
 from sohes_hf.training.config import build_training_config
 from sohes_hf.training.datasets import PseudoLabelledImages, SelfInstructionDataset
+from sohes_hf.training.record import backbone_initialization
 from sohes_hf.training.schedule import learning_rate_multipliers, scale_learning_rate
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT_KEYS = {
+    "backbone_initialization",
+    "backbone_source",
     "phase",
     "steps",
     "global_batch_size",
@@ -99,6 +102,10 @@ def test_full_run_writes_model_config_processor_and_record(data: tuple[Path, Pat
     assert record["phase"] == "self-instruction" and record["steps"] == 2 and record["ema_momentum"] is None
     assert record["num_train_images"] == 3 and record["global_batch_size"] == 2
     assert read_training_record(out).final_loss == record["final_loss"]
+    # tiny_recipe names no DINO backbone: the record and the card say the backbone was random.
+    assert (record["backbone_initialization"], record["backbone_source"]) == ("random", None)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "randomly initialised, no DINO weights" in card and "initialised from DINO" not in card
     reloaded = SohesForHierarchicalSegmentation.from_pretrained(out)
     trained = trainer.model.state_dict()
     assert reloaded.state_dict().keys() == trained.keys()
@@ -111,6 +118,19 @@ def test_full_run_writes_model_config_processor_and_record(data: tuple[Path, Pat
     checkpoints = sorted((out / "checkpoints").iterdir())
     assert [c.name for c in checkpoints] == ["step_00000001"]
     assert (checkpoints[0] / "training_config.yaml").is_file()
+
+
+def test_backbone_initialisation_is_inherited_from_the_starting_models_record(tmp_path: Path) -> None:
+    assert backbone_initialization(None, "facebook/dino-vitb8") == ("dino", "facebook/dino-vitb8")
+    assert backbone_initialization(None, None) == ("random", None)
+    phase2 = tmp_path / "phase2"
+    phase2.mkdir()
+    assert backbone_initialization(str(phase2), None) == ("unknown", str(phase2))
+    record = {"backbone_initialization": "dino", "backbone_source": "out/dino-vitb8"}
+    (phase2 / "training_record.json").write_text(json.dumps(record))
+    assert backbone_initialization(str(phase2), None) == ("dino", "out/dino-vitb8")
+    (phase2 / "training_record.json").write_text("{not json")
+    assert backbone_initialization(str(phase2), None) == ("unknown", str(phase2))
 
 
 def test_learning_rate_schedule_is_warmup_then_poly() -> None:

@@ -16,8 +16,10 @@ from typing import Any, ClassVar
 from transformers import Mask2FormerConfig, PretrainedConfig, ViTConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# facebook/dino-vitb8: ViT-B with 8x8 patches; DINO was trained with layer_norm_eps 1e-6 in timm,
-# but the transformers checkpoint declares 1e-12 and we keep the checkpoint's value.
+from .dino_vit import POSITION_INTERPOLATIONS
+
+# DINO ViT-B/8 (facebook/dino-vitb8): ViT-B with 8x8 patches, DINO's own LayerNorm epsilon 1e-6
+# (the Hub config says 1e-12; from_dino corrects it, see dino_vit.apply_dino_layer_norm_eps).
 DINO_VITB8_BACKBONE_KWARGS: dict[str, Any] = {
     "hidden_size": 768,
     "num_hidden_layers": 12,
@@ -25,7 +27,7 @@ DINO_VITB8_BACKBONE_KWARGS: dict[str, Any] = {
     "intermediate_size": 3072,
     "patch_size": 8,
     "image_size": 224,
-    "layer_norm_eps": 1e-12,
+    "layer_norm_eps": 1e-6,
     "qkv_bias": True,
 }
 
@@ -84,6 +86,13 @@ class SohesConfig(PretrainedConfig):
         backbone_config (`ViTConfig` or `dict`, *optional*):
             The plain ViT backbone (transformers ``ViTModel``), ViT-B/8 like ``facebook/dino-vitb8``
             by default. Its tokens form a stride-``patch_size`` grid.
+        backbone_position_interpolation (`str`, defaults to `"vit_adapter"`):
+            How the ViT's position table (trained at 224 px) is resized to the input's patch grid:
+            ``"vit_adapter"`` resizes bicubically to exactly that grid, as the official
+            ViT-Adapter (``_get_pos_embed``) and transformers' ViT do; ``"dino"`` uses DINO's rule
+            (bicubic, ``scale_factor = (g + 0.1) / 28``), which the self-exploration features use,
+            so the fine-tuned ViT starts from exactly the function that made the pseudo-labels.
+            ``docs/model.md`` explains the default.
         interaction_indexes (`list[list[int]]`, defaults to `[[0, 2], [3, 5], [6, 8], [9, 11]]`):
             ViT-Adapter interaction blocks: block ``k`` runs ViT layers ``start..end`` (inclusive)
             between an injector and an extractor. Groups must be contiguous, in order, and cover
@@ -171,6 +180,7 @@ class SohesConfig(PretrainedConfig):
     }
 
     backbone_config: dict | PretrainedConfig | None = None
+    backbone_position_interpolation: str = "vit_adapter"
     interaction_indexes: list[list[int]] | None = None
     adapter_conv_inplane: int = 64
     adapter_num_heads: int = 12
@@ -244,6 +254,11 @@ class SohesConfig(PretrainedConfig):
         backbone = self.backbone_config
         if not isinstance(backbone, ViTConfig):
             raise ValueError(f"backbone_config must be a ViTConfig, got {type(backbone).__name__}")
+        if self.backbone_position_interpolation not in POSITION_INTERPOLATIONS:
+            raise ValueError(
+                f"backbone_position_interpolation must be one of {', '.join(POSITION_INTERPOLATIONS)}, "
+                f"got {self.backbone_position_interpolation!r}"
+            )
         for name in _INT_FIELDS:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

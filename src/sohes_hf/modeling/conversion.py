@@ -32,11 +32,20 @@ import torch
 from transformers import ViTConfig, ViTModel
 
 from sohes_hf.logging_utils import get_logger
+from sohes_hf.modeling.dino_vit import DINO_LAYER_NORM_EPS
 
 logger = get_logger(__name__)
 
-# DINO's vision_transformer.py builds its LayerNorms with eps=1e-6.
-DINO_LAYER_NORM_EPS = 1e-6
+__all__ = [
+    "DINO_HEAD_DIM",
+    "DINO_LAYER_NORM_EPS",
+    "convert_dino_checkpoint",
+    "convert_dino_state_dict",
+    "dino_checkpoint_to_vit_model",
+    "dino_config_from_state_dict",
+    "load_dino_checkpoint",
+    "vit_state_dict_to_dino",
+]
 # Every released DINO ViT (Ti/S/B) uses 64-dimensional attention heads.
 DINO_HEAD_DIM = 64
 

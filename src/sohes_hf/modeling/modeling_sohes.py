@@ -44,6 +44,7 @@ from transformers.utils import ModelOutput
 from .adapter_blocks import Injector, MultiScaleDeformableAttention, deformable_offset_grid
 from .ancestor_head import SohesAncestorHead, ancestor_loss
 from .configuration_sohes import SohesConfig
+from .dino_vit import apply_dino_layer_norm_eps
 from .vit_adapter import SohesViTAdapter
 
 # Same logger tree as sohes_hf.logging_utils.get_logger(__name__) (which is logging.getLogger);
@@ -217,7 +218,10 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
         """A new model whose ViT is initialised from a DINO ``ViTModel`` checkpoint.
 
         Everything else (adapter, Mask2Former, heads) is freshly initialised: this is the
-        starting point of the self-instruction phase (section 3.2, appendix A).
+        starting point of the self-instruction phase (section 3.2, appendix A). A DINO
+        checkpoint whose config kept transformers' ``layer_norm_eps`` 1e-12 (the Hub's
+        ``facebook/dino-vit*``) gets DINO's own 1e-6, logged at INFO, so the Hub id and a
+        converted original ``.pth`` start from the same network.
 
         Args:
             backbone_id_or_path: A transformers ``ViTModel`` directory or Hub id, e.g.
@@ -234,6 +238,7 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
         # No sohes_hf import here: this file must also run as flat remote code. Callers that want
         # "Hub unreachable" as one line wrap this call in ``sohes_hf.hub.load_from_hub_or_folder``.
         vit = ViTModel.from_pretrained(str(backbone_id_or_path), add_pooling_layer=False, **kwargs)
+        apply_dino_layer_norm_eps(vit, str(backbone_id_or_path))
         config = SohesConfig() if config is None else config
         config_dict = config.to_dict()
         config_dict["backbone_config"] = vit.config.to_dict()

@@ -21,6 +21,11 @@ token grid has stride ``patch_size`` (8 for DINO ViT-B/8):
 
 Unlike the official adapter, the [CLS] token is kept in the ViT sequence (DINO was trained with
 it); only the patch tokens take part in injection and extraction.
+
+Position embeddings: the 224 px table is resized to the ``H/p x W/p`` grid by
+``config.backbone_position_interpolation``: by default exactly to that grid, as the official
+adapter's ``_get_pos_embed`` (and transformers' ViT) does; ``"dino"`` uses DINO's rule instead,
+as the self-exploration features do (``dino_vit.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from transformers import ViTConfig, ViTModel
 
 from .adapter_blocks import Extractor, Injector, SpatialPriorModule, token_grid_reference_points
 from .configuration_sohes import SohesConfig
+from .dino_vit import vit_embeddings
 
 # SPM levels that form the adapter's token pyramid.
 PYRAMID_STRIDES = (8, 16, 32)
@@ -55,6 +61,7 @@ class SohesViTAdapter(nn.Module):
         self.patch_size = int(vit_config.patch_size)  # type: ignore[arg-type]  # an int for ViT
         self.interaction_indexes = [tuple(group) for group in (config.interaction_indexes or [])]
         self.add_vit_feature = config.adapter_add_vit_feature
+        self.position_interpolation = config.backbone_position_interpolation
         self.vit = ViTModel(vit_config, add_pooling_layer=False)
         # The official adapter never applies the ViT's final norm. Its weights stay (DINO
         # checkpoints load as they are) as buffers: a trainable parameter without gradient makes
@@ -128,7 +135,7 @@ class SohesViTAdapter(nn.Module):
         vit_points = token_grid_reference_points([vit_shape], device, dtype)
         pyramid_points = token_grid_reference_points(pyramid_shapes, device, dtype)
 
-        hidden = self.vit.embeddings(pixel_values, interpolate_pos_encoding=True)
+        hidden = vit_embeddings(self.vit.embeddings, pixel_values, rule=self.position_interpolation)
         num_blocks = len(self.interaction_indexes)
         stage_maps: list[torch.Tensor] = []
         for block, (start, end) in enumerate(self.interaction_indexes):

@@ -6,7 +6,15 @@ concatenated, C = hidden size): keys are what the attention compares, so patches
 have similar keys. Queries, values or the last hidden states can be chosen instead.
 
 The keys are read with a forward hook on the last layer's key projection (``layers[-1].attention.
-k_proj`` in transformers 5.x), i.e. ``k_proj(layernorm_before(x))`` for that layer's input ``x``.
+k_proj`` in transformers 5.x), i.e. ``k_proj(layernorm_before(x))`` for that layer's input ``x``:
+the middle third of the fused ``qkv`` output that HASSOD's ``ViTFeat`` hooks.
+
+Two details make the transformers ViT compute DINO's own function (``sohes_hf.modeling.dino_vit``):
+the position table is resized with DINO's rule (``scale_factor = (g + 0.1) / 28``), not
+transformers' exact-grid resize, since every feature here is computed at S or S' and not at 224;
+and a DINO checkpoint whose config kept transformers' ``layer_norm_eps`` 1e-12 (the Hub's
+``facebook/dino-vitb8``) is loaded with DINO's 1e-6, so the Hub id and a ``sohes convert``-ed
+original ``.pth`` give the same features.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sohes_hf.logging_utils import get_logger
+from sohes_hf.modeling.dino_vit import apply_dino_layer_norm_eps, vit_embeddings
 from sohes_hf.pseudo_labeling.config import FEATURE_KINDS, PRECISIONS
 
 logger = get_logger(__name__)
@@ -36,8 +45,9 @@ class DinoFeatureExtractor:
     """Last-layer patch features of a ViT (DINO ViT-B/8 by default), batched, at a chosen size.
 
     Args:
-        model: a ``transformers.ViTModel`` already built, or a Hub id / local folder of one
-            (loaded with ``add_pooling_layer=False`` and SDPA attention).
+        model: a ``transformers.ViTModel`` already built (used as it is), or a Hub id / local
+            folder of one (loaded with ``add_pooling_layer=False`` and SDPA attention; a DINO
+            config with ``layer_norm_eps`` 1e-12 gets DINO's 1e-6, logged at INFO).
         feature_kind: "keys" (default), "queries", "values" or "tokens"; see
             :class:`~sohes_hf.pseudo_labeling.config.SelfExplorationConfig`.
         device: torch device; default CUDA when available, else CPU.
@@ -90,21 +100,49 @@ class DinoFeatureExtractor:
             return np.zeros((0, grid, grid, self.feature_dim), dtype=np.float32)
         outputs = []
         for start in range(0, len(images), self.batch_size):
-            pixel_values = preprocess_images(images[start : start + self.batch_size], size).to(self.device)
-            features = self._forward(pixel_values)
-            outputs.append(features.reshape(len(pixel_values), grid, grid, -1).float().cpu().numpy())
+            pixel_values = preprocess_images(images[start : start + self.batch_size], size)
+            outputs.append(self.extract_pixels(pixel_values))
         return np.concatenate(outputs, axis=0)
+
+    def extract_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """Features of already normalised images, in one forward pass, at their own size.
+
+        Args:
+            pixel_values: (B, 3, H, W) ImageNet-normalised images (see :func:`preprocess_images`);
+                H and W need not be equal; the patches cover H // p x W // p.
+
+        Returns:
+            (B, H // p, W // p, C) float32 patch features.
+        """
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values: expected (B, 3, H, W), got shape {tuple(pixel_values.shape)}")
+        grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
+        features = self._forward(pixel_values.to(self.device))
+        return features.reshape(len(pixel_values), *grid, -1).float().cpu().numpy()
 
     @torch.inference_mode()
     def _forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) patch features (the [CLS] token removed) of normalised pixels (B, 3, S, S)."""
+        """(B, N, C) patch features (the [CLS] token removed) of normalised pixels (B, 3, H, W)."""
         with self._autocast():
             if self.feature_kind == "tokens":
-                output = self.model(pixel_values=pixel_values, interpolate_pos_encoding=True)
-                return output.last_hidden_state[:, 1:]
+                vit: Any = self.model
+                tokens: torch.Tensor = vit.layernorm(self._run_layers(pixel_values))
+                return tokens[:, 1:]
             with _capture_output(_last_attention_projection(self.model, self.feature_kind)) as captured:
-                self.model(pixel_values=pixel_values, interpolate_pos_encoding=True)
+                self._run_layers(pixel_values)
             return captured[0][:, 1:]
+
+    def _run_layers(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The ViT's last hidden states (before its final LayerNorm), positions as DINO resizes them.
+
+        ``ViTModel.forward`` would resize the position table with transformers' rule, so its
+        embedding step is replaced by DINO's; the layers are the model's own.
+        """
+        vit: Any = self.model
+        hidden = vit_embeddings(vit.embeddings, pixel_values, rule="dino")
+        for layer in vit.layers:
+            hidden = layer(hidden, None)
+        return hidden
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -137,7 +175,7 @@ def preprocess_images(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
 
 def _load_vit(model: nn.Module | str | Path) -> nn.Module:
     if isinstance(model, nn.Module):
-        if not hasattr(model, "config") or not hasattr(model, "embeddings"):
+        if not all(hasattr(model, name) for name in ("config", "embeddings", "layers", "layernorm")):
             raise TypeError(f"model: expected a transformers ViTModel, got {type(model).__name__}")
         return model
     if not isinstance(model, str | Path):
@@ -147,19 +185,17 @@ def _load_vit(model: nn.Module | str | Path) -> nn.Module:
     logger.info("loading ViT backbone from %s", model)
     from sohes_hf.hub import load_from_hub_or_folder
 
-    return load_from_hub_or_folder(
+    vit = load_from_hub_or_folder(
         ViTModel.from_pretrained, str(model), add_pooling_layer=False, attn_implementation="sdpa"
     )
+    apply_dino_layer_norm_eps(vit, str(model))
+    return vit
 
 
 def _last_attention_projection(model: Any, feature_kind: str) -> nn.Module:
     """The key/query/value linear layer of the last self-attention block of a ViTModel."""
-    name = _PROJECTION_NAMES[feature_kind]
-    layers = getattr(model, "layers", None)
-    if layers is None:  # transformers 4.x layout: encoder.layer[i].attention.attention.key
-        legacy = {"k_proj": "key", "q_proj": "query", "v_proj": "value"}[name]
-        return getattr(model.encoder.layer[-1].attention.attention, legacy)
-    return getattr(layers[-1].attention, name)
+    projection: nn.Module = getattr(model.layers[-1].attention, _PROJECTION_NAMES[feature_kind])
+    return projection
 
 
 @contextlib.contextmanager

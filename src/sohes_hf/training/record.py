@@ -40,6 +40,11 @@ class TrainingRecord:
         sohes_hf_version: package version.
         started_at, finished_at: ISO 8601 UTC times.
         final_loss: the last logged total training loss (mean over the last logging window).
+        backbone_initialization: where the ViT weights of the run's starting point came from:
+            "dino" (DINO weights, paper A), "random" (no pre-trained weights: smoke tests) or
+            "unknown" (a saved model without a record saying so). The model card states it.
+        backbone_source: the DINO checkpoint (Hub id or folder), or for "unknown" the model the
+            run started from; None for "random".
     """
 
     phase: str
@@ -55,6 +60,8 @@ class TrainingRecord:
     finished_at: str
     final_loss: float
     sohes_hf_version: str = __version__
+    backbone_initialization: str = "unknown"
+    backbone_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of the contract."""
@@ -81,7 +88,34 @@ def read_training_record(path: str | os.PathLike[str]) -> TrainingRecord:
         raise FileNotFoundError(f"training record not found: {path}")
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)
-    names = {f.name for f in dataclasses.fields(TrainingRecord)}
-    if set(data) != names:
+    fields = dataclasses.fields(TrainingRecord)
+    names = {f.name for f in fields}
+    # Keys with a default were added later: records written before them stay readable.
+    required = {f.name for f in fields if f.default is dataclasses.MISSING}
+    if not required <= set(data) <= names:
         raise ValueError(f"{path}: keys {sorted(data)} differ from the contract {sorted(names)}")
     return TrainingRecord(**data)
+
+
+def backbone_initialization(
+    model_name_or_path: str | None, dino_backbone: str | None
+) -> tuple[str, str | None]:
+    """``(backbone_initialization, backbone_source)`` of a run, as ``build_model`` starts it.
+
+    A run that starts from a saved model (phase 3 from phase 2) inherits what that model's own
+    ``training_record.json`` says, when the folder has one.
+    """
+    if model_name_or_path:
+        path = os.path.join(str(model_name_or_path), TRAINING_RECORD_NAME)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            data = {}
+        kind = data.get("backbone_initialization") if isinstance(data, dict) else None
+        if kind in ("dino", "random"):
+            return kind, data.get("backbone_source")
+        return "unknown", str(model_name_or_path)
+    if dino_backbone:
+        return "dino", str(dino_backbone)
+    return "random", None

@@ -14,7 +14,8 @@ not depend on how many masks the other batch has.
 
 The final model saved in ``output_dir`` is the EMA teacher (as in mean-teacher practice, it is the
 averaged, more stable of the two; the paper does not say which one it reports); the student goes
-to ``output_dir/student``.
+to ``output_dir/student``, with its own copy of the image processor so that either folder loads
+with ``pipeline("hierarchical-segmentation", model=...)``.
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class SelfCorrectionTrainer(SelfInstructionTrainer):
         self._save_pretrained(
             self.accelerator.unwrap_model(model), model, os.path.join(model_dir, STUDENT_DIRNAME)
         )
+
+    def _final_model_dirs(self, model_dir: str) -> list[str]:
+        return [model_dir, os.path.join(model_dir, STUDENT_DIRNAME)]
 
 
 class _LabelCounts:

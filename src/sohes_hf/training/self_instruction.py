@@ -36,7 +36,7 @@ from sohes_hf.training.checkpointing import (
 )
 from sohes_hf.training.collate import TrainingBatch, collate_training_examples
 from sohes_hf.training.config import TrainingConfig, save_training_config
-from sohes_hf.training.record import TrainingRecord, utc_now, write_training_record
+from sohes_hf.training.record import TrainingRecord, backbone_initialization, utc_now, write_training_record
 from sohes_hf.training.schedule import learning_rate_multipliers, scale_learning_rate
 
 logger = get_logger(__name__)
@@ -218,6 +218,10 @@ class SelfInstructionTrainer:
         """Saves the trained model (phase 3 saves the teacher and the student)."""
         self._save_pretrained(self.accelerator.unwrap_model(model), model, model_dir)
 
+    def _final_model_dirs(self, model_dir: str) -> list[str]:
+        """Folders :meth:`_save_final_models` writes a model to; each gets the image processor."""
+        return [model_dir]
+
     def _ema_momentum(self) -> float | None:
         return None
 
@@ -375,6 +379,7 @@ class SelfInstructionTrainer:
         model_dir = config.output_dir
         os.makedirs(model_dir, exist_ok=True)
         self._save_final_models(model, model_dir)
+        initialization, source = backbone_initialization(config.model_name_or_path, config.dino_backbone)
         record = TrainingRecord(
             phase=self.phase,
             steps=self.state.global_step,
@@ -388,16 +393,20 @@ class SelfInstructionTrainer:
             started_at=started_at,
             finished_at=utc_now(),
             final_loss=self.state.last_logged_loss,
+            backbone_initialization=initialization,
+            backbone_source=source,
         )
         if accelerator.is_main_process:
             from sohes_hf.modeling.image_processing_sohes import SohesImageProcessor
 
             augmentation = config.augmentation
-            SohesImageProcessor(
+            processor = SohesImageProcessor(
                 size={"longest_edge": augmentation.image_size},
                 image_mean=list(augmentation.image_mean),
                 image_std=list(augmentation.image_std),
-            ).save_pretrained(model_dir)
+            )
+            for directory in self._final_model_dirs(model_dir):  # each loads with pipeline(model=...)
+                processor.save_pretrained(directory)
             save_training_config(config, os.path.join(model_dir, RESOLVED_CONFIG_NAME))
             write_training_record(record, model_dir)
             save_model_card(model_dir, accelerator.unwrap_model(model).config, record.to_dict())
