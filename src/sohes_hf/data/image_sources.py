@@ -305,7 +305,7 @@ def _list_tar(path: Path, problems: list[InputProblem]) -> list[_Named]:
     return [(posixpath.basename(name.replace("\\", "/")), resolved, name, why) for name, why in members]
 
 
-def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
+def read_regular_file(path: str | Path, max_bytes: int, hint: str = "list image files only") -> bytes:
     """Reads a whole file that must be a regular file of at most ``max_bytes`` bytes.
 
     Why: a listed path may name a FIFO (``open`` would wait forever for a writer), a device such
@@ -325,23 +325,27 @@ def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
     if not stat.S_ISREG(status.st_mode) or status.st_size > max_bytes:
         os.close(descriptor)
         if not stat.S_ISREG(status.st_mode):
-            raise ImageReadError(f"not a regular file ({_file_kind(status.st_mode)}); list image files only")
+            raise ImageReadError(f"not a regular file ({_file_kind(status.st_mode)}); {hint}")
         raise ImageReadError(
             f"too large: {status.st_size} bytes, over the limit of {max_bytes} (max_file_bytes); "
             "raise the limit if the file is genuine"
         )
     with os.fdopen(descriptor, "rb", buffering=0) as handle:
         chunks = []
-        remaining = max_bytes + 1
+        # one byte past the stated size catches a file that grew; reads never ask for more
+        # than that (an unbuffered read allocates the size it is asked for)
+        remaining = min(status.st_size, max_bytes) + 1
         while remaining > 0:
-            chunk = handle.read(min(remaining, 1 << 20))
+            chunk = handle.read(remaining)
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
-    data = b"".join(chunks)
-    if len(data) > max_bytes:  # the file grew after fstat
-        raise ImageReadError(f"too large: over the limit of {max_bytes} bytes (max_file_bytes)")
+    data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    if len(data) != status.st_size:  # grew or shrank after fstat (still being written?)
+        raise ImageReadError(
+            f"changed size while read ({status.st_size} bytes, then {len(data)}); retry later"
+        )
     return data
 
 
@@ -363,7 +367,7 @@ def _list_file(path: Path, problems: list[InputProblem]) -> list[_Named]:
         InputListingError: the list file itself is not a regular file or too large.
     """
     try:
-        data = read_regular_file(path, MAX_LIST_FILE_BYTES)
+        data = read_regular_file(path, MAX_LIST_FILE_BYTES, hint="give a list file written to disk")
     except ImageReadError as error:
         raise InputListingError(f"inputs: list file {path}: {error.reason}") from error
     listed: list[_Named] = []
