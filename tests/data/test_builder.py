@@ -128,11 +128,11 @@ def test_image_folder_builder_joins_by_relative_file_name(tmp_path: Path) -> Non
     images = []
     for number, name in enumerate(["a.jpg", "sub/b.jpg", "c.jpg", "d.jpg"]):
         (folder / name).write_bytes(jpeg_bytes(48, 64, seed=number))
-        images.append(FixtureImage(image_id=number + 1, width=64, height=48))
+        # c.jpg: labels made for another size (consistent in themselves: 48x32 masks)
+        images.append(FixtureImage(image_id=number + 1, width=32 if name == "c.jpg" else 64, height=48))
     data = write_pseudo_labels(tmp_path / "labels.json", images[:3])
     for entry, name in zip(data["images"], ["a.jpg", "sub/b.jpg", "c.jpg"], strict=True):
         entry["file_name"] = name
-    data["images"][2]["width"] = 32  # c.jpg: labels made for another size
     (tmp_path / "labels.json").write_text(json.dumps(data))
     builder = ImageFolderPseudoLabelBuilder(
         image_dir=str(folder), pseudo_labels=str(tmp_path / "labels.json"), num_shards=2

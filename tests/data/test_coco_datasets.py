@@ -62,18 +62,21 @@ def test_make_sa1b_split_loads_in_pycocotools(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_make_sa1b_split_names_images_from_ids_not_members(tmp_path: Path) -> None:
-    # a member named with a path prefix must not steer where the image is written
+    # a member named with a path prefix never steers where an image is written: it is skipped
+    # and reported (issue 15: '..' members are not what SA-1B holds), the others are used
     pack = tmp_path / "pack.tar"
-    write_sa1b_tar(tmp_path / "plain.tar", [7])
+    write_sa1b_tar(tmp_path / "plain.tar", [7, 8])
     with tarfile.open(tmp_path / "plain.tar") as source, tarfile.open(pack, "w") as target:
         for info in source.getmembers():
             data = source.extractfile(info).read()  # type: ignore[union-attr]
-            info.name = "../../" + info.name
+            if info.name.startswith("sa_7"):
+                info.name = "../../" + info.name
             target.addfile(info, io.BytesIO(data))
     summary = make_sa1b_eval_split(str(pack), tmp_path / "deep" / "out")
     assert summary.num_images == 1
-    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("sa_7.jpg"))
-    assert written == [Path("deep/out/images/sa_7.jpg")]
+    assert summary.report is not None and summary.report.num_skipped == {"unsafe_name": 2}
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("sa_*.jpg"))
+    assert written == [Path("deep/out/images/sa_8.jpg")]
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:

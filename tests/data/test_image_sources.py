@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sohes_hf.data.image_sources import (
     list_images,
     shard_entries,
 )
+from sohes_hf.data.tar_scan import InputProblem
 
 
 def _png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -127,3 +129,24 @@ def test_shards_partition_the_listing(num_shards: int) -> None:
         shard_entries(entries, num_shards, num_shards)
     with pytest.raises(ValueError, match="num_shards"):
         shard_entries(entries, 0, 0)
+
+
+def test_list_file_lines_that_are_not_files_are_refused_when_read(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(_png_bytes(_pattern(8, 8, 8)))
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "list.txt").write_bytes(b"a.png\npipe.png\n\xff\xfe.png\n/dev/zero\na.png\n")
+    problems: list[InputProblem] = []
+    entries = list_images([tmp_path / "list.txt"], problems)
+    assert [e.file_name for e in entries] == ["a.png", "pipe.png", "/dev/zero"]
+    assert [(p.offset, "UTF-8" in p.reason) for p in problems if p.offset is not None] == [(3, True)]
+    assert any("same file" in p.reason for p in problems)  # a.png listed twice is used once
+    with ImageReader(max_file_bytes=64) as reader:
+        with pytest.raises(ImageReadError, match=r"too large: \d+ bytes, over the limit of 64"):
+            reader.read(entries[0])
+        with pytest.raises(ImageReadError, match="FIFO"):
+            reader.read(entries[1])  # returns at once: opened with O_NONBLOCK, refused by fstat
+        with pytest.raises(ImageReadError, match="character device"):
+            reader.read(entries[2])
+    assert ImageReader().read(entries[0]).shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="max_file_bytes"):
+        ImageReader(max_file_bytes=0)

@@ -80,6 +80,7 @@ def test_truncated_pack_is_reported_with_member_and_next_pack_is_read(tmp_path: 
     assert [im.image_id for im in images] == [1, 2, 10, 11]
     assert report.num_truncated_sources == 1
     assert report.issues[0].member == "sa_3.jpg" and report.issues[0].source.endswith("cut.tar")
+    assert f"byte {third.offset}" in report.issues[0].reason  # pack, member and offset of the cut
 
 
 @pytest.mark.parametrize("cut", ["header_boundary", "inside_unread_json"])
@@ -110,7 +111,8 @@ def test_json_without_image_is_reported_with_member_name(tmp_path: Path) -> None
 
 def test_hostile_members_are_skipped_and_named(tmp_path: Path) -> None:
     pack = tmp_path / "a.tar"
-    write_sa1b_tar(pack, [1], extra_members=[("../../evil.sh", b"rm -rf /"), ("notes.txt", b"x")])
+    extra = [("../../evil.sh", b"rm -rf /"), ("notes.txt", b"x"), ("../sa_7.jpg", jpeg_bytes(48, 64, 7))]
+    write_sa1b_tar(pack, [1], extra_members=extra)
     with tarfile.open(pack, "a") as archive:
         link = tarfile.TarInfo("sa_5.jpg")
         link.type = tarfile.SYMTYPE
@@ -118,8 +120,15 @@ def test_hostile_members_are_skipped_and_named(tmp_path: Path) -> None:
         archive.addfile(link)
     report = ReadReport()
     assert [im.image_id for im in iter_sa1b_images([str(pack)], report)] == [1]
-    assert report.num_skipped == {"unexpected_member": 2, "not_a_file": 1}
-    assert {issue.member for issue in report.issues} == {"../../evil.sh", "notes.txt", "sa_5.jpg"}
+    assert report.num_skipped == {"unsafe_name": 2, "unexpected_member": 1, "not_a_file": 1}
+    assert {issue.member for issue in report.issues} == {
+        "../../evil.sh",
+        "notes.txt",
+        "sa_5.jpg",
+        "../sa_7.jpg",
+    }
+    link_issue = next(issue for issue in report.issues if issue.member == "sa_5.jpg")
+    assert "/etc/passwd" in link_issue.reason and "byte" in link_issue.reason
     assert not (tmp_path.parent / "evil.sh").exists()
 
 

@@ -105,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, FileNotFoundError) as error:
             raise CliError(f"--dataset: {spec.name}: {error}") from error
         if segmenter is not None:
+            try:
+                _check_stored_sizes(images)
+            except ValueError as error:
+                raise CliError(f"--dataset: {spec.name}: {error}") from error
             predictions = _predict(segmenter, images, spec.name, args)
             sources[spec.name] = f"model {args.model}"
         else:
@@ -417,6 +421,45 @@ def _load_segmenter(args: argparse.Namespace) -> Any:
 
     register_pipeline()
     return pipeline(TASK_NAME, model=args.model, device=args.device)  # type: ignore[call-overload]
+
+
+def _check_stored_sizes(images: Sequence[Any]) -> None:
+    """Refuses an image whose file size differs from its ground-truth ``width``/``height``.
+
+    Images are segmented in their stored pixel orientation (the EXIF Orientation tag is not
+    applied), as COCO ground truth is defined and as ``sohes explore`` and training read them;
+    a ground truth made on the rotated view would otherwise fail deep in the metric.
+    Reads image headers only.
+
+    Raises:
+        ValueError: names the image, both sizes and, for a 90-degree EXIF rotation, the cause.
+    """
+    from PIL import Image
+
+    for image in images:
+        try:
+            with Image.open(image.image_path) as opened:
+                width, height = opened.size
+                orientation = opened.getexif().get(0x0112, 1)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(
+                f"image {image.image_id} ({image.image_path}) is not a readable image: {error}"
+            ) from error
+        if (width, height) == (image.width, image.height):
+            continue
+        hint = ""
+        if (height, width) == (image.width, image.height) and orientation in (5, 6, 7, 8):
+            hint = (
+                f"; the file's EXIF Orientation tag ({orientation}) rotates it by 90 degrees for display, "
+                "and the ground truth seems made on the rotated view"
+            )
+        raise ValueError(
+            f"image {image.image_id} ({image.image_path}): the ground truth says "
+            f"{image.width}x{image.height} "
+            f"(width x height) but the file stores {width}x{height} pixels{hint}. Images are evaluated in "
+            "their stored pixel orientation (EXIF rotation not applied, as COCO does): fix the ground "
+            "truth's width/height and masks, or store the pixels rotated"
+        )
 
 
 def _predict(

@@ -64,6 +64,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-image-pixels", type=int, default=None, help="skip images above this many pixels (default 1e8)"
     )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=None,
+        help="skip image files (tar members) larger than this many bytes, unread (default 256 MiB)",
+    )
     parser.add_argument("--precision", default="auto", help="backbone precision: auto, fp32, fp16, bf16")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -98,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
         max_side=config.refinement_max_side,
         fast=config.refinement_fast,
     )
-    summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
+    from sohes_hf.data.image_sources import InputListingError
+
+    try:
+        summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
+    except InputListingError as error:
+        raise CliError(f"IMAGES: {error}") from error
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
     return 0
 
@@ -119,7 +130,7 @@ def _run_merge(args: argparse.Namespace, cli_error: type[Exception]) -> int:
 
 
 def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tuple[Any, str | None]:
-    from sohes_hf.data.image_sources import DEFAULT_MAX_IMAGE_PIXELS
+    from sohes_hf.data.image_sources import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
     from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
     from sohes_hf.pseudo_labeling.explore_job import ExploreJobConfig
 
@@ -146,8 +157,12 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
         raise cli_error(
             f"--precision: {args.precision!r} is not accepted; accepted values: {', '.join(_PRECISIONS)}"
         )
-    if args.max_image_pixels is not None and args.max_image_pixels < 1:
-        raise cli_error(f"--max-image-pixels: must be a positive integer, got {args.max_image_pixels}")
+    for flag, limit in (
+        ("--max-image-pixels", args.max_image_pixels),
+        ("--max-file-bytes", args.max_file_bytes),
+    ):
+        if limit is not None and limit < 1:
+            raise cli_error(f"{flag}: must be a positive integer, got {limit}")
     if args.refiner_weights is not None and not (Path(args.refiner_weights) / "model").is_file():
         raise cli_error(f"--refiner-weights: {args.refiner_weights}/model not found (CascadePSP state dict)")
     for image_input in args.images:
@@ -172,6 +187,7 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
             backbone=args.backbone,
             exploration=exploration,
             max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+            max_file_bytes=args.max_file_bytes or DEFAULT_MAX_FILE_BYTES,
             workers=args.workers,
         )
     except ValueError as error:

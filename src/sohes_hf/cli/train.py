@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         CliError: unreadable or invalid recipe (the message names the field or file).
     """
     from sohes_hf.cli.main import CliError
+    from sohes_hf.data.pseudo_label_checks import PseudoLabelError
     from sohes_hf.training import SelfCorrectionTrainer, SelfInstructionTrainer, load_training_config
     from sohes_hf.training.checkpointing import CheckpointError
     from sohes_hf.training.config import SelfCorrectionConfig
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from error
     except CheckpointError as error:
         raise CliError(str(error)) from error
+    except PseudoLabelError as error:  # found when the labels are loaded, before the first step
+        raise CliError(f"train_annotations: {error}") from error
     if trainer.accelerator.is_main_process:
         print(result.model_dir)
     return 0

@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sohes_hf.atomic_io import atomic_path
 from sohes_hf.data.coco_datasets import read_coco_json
+from sohes_hf.data.pseudo_label_checks import LabelColumns, PseudoLabelError, check_label_columns
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -117,13 +120,83 @@ def _parse_label(raw: Mapping[str, Any], where: str) -> PseudoLabel:
     if not isinstance(counts, str):
         raise ValueError(f"{where}: segmentation counts must be a compressed RLE str")
     parent = raw.get("parent_id")
-    return PseudoLabel(
-        id=int(_field(raw, "id", where)),
-        segmentation={"size": [int(s) for s in segmentation["size"]], "counts": counts},
-        score=float(raw.get("score", 1.0)),
-        parent_id=None if parent is None else int(parent),
-        depth=int(raw.get("depth", 0)),
+    try:
+        return PseudoLabel(
+            id=_integer(_field(raw, "id", where)),
+            segmentation={"size": [_integer(s) for s in segmentation["size"]], "counts": counts},
+            score=float(raw.get("score", 1.0)),
+            parent_id=None if parent is None else _integer(parent),
+            depth=_integer(raw.get("depth", 0)),
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where} (id {raw.get('id')!r}): {error}") from error
+
+
+def _integer(value: Any) -> int:
+    """An int from JSON; floats such as 3.5, bools and strings are refused (int() would accept)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def _columns(images: Sequence[ImagePseudoLabels]) -> LabelColumns:
+    """Flat per-annotation columns of parsed images, for :func:`check_label_columns`."""
+    labels = [label for image in images for label in image.labels]
+    return LabelColumns(
+        image_ids=np.array([image.image_id for image in images], dtype=np.int64),
+        file_names=[image.file_name for image in images],
+        heights=np.array([image.height for image in images], dtype=np.int64),
+        widths=np.array([image.width for image in images], dtype=np.int64),
+        offsets=np.concatenate(([0], np.cumsum([len(image.labels) for image in images]))).astype(np.int64),
+        label_ids=np.array([label.id for label in labels], dtype=np.int64),
+        parent_ids=np.array(
+            [-1 if label.parent_id is None else label.parent_id for label in labels], np.int64
+        ),
+        depths=np.array([label.depth for label in labels], dtype=np.int64),
+        scores=np.array([label.score for label in labels], dtype=np.float64),
+        counts=[label.segmentation["counts"] for label in labels],
+        sizes=np.array([label.segmentation["size"] for label in labels], dtype=np.int64).reshape(-1, 2),
     )
+
+
+def _table_columns(table: pa.Table, source: str) -> LabelColumns:
+    """Flat columns of rows of :data:`_TABLE_SCHEMA` (without copying the counts' bytes twice)."""
+    lists = {name: table.column(name).combine_chunks() for name in _LIST_COLUMNS}
+    lengths = {name: pc.list_value_length(array).fill_null(-1).to_numpy() for name, array in lists.items()}
+    first = lengths["label_id"]
+    for name, values in lengths.items():
+        if (values < 0).any() or not np.array_equal(values, first):
+            row = int(np.flatnonzero((values < 0) | (values != first))[0])
+            image_id = table.column("image_id")[row].as_py()
+            raise PseudoLabelError(
+                f"{source}: image {image_id}: column {name!r} is null or has another length than "
+                "label_id; regenerate the file with sohes data convert-labels"
+            )
+    try:
+        flat = {name: array.flatten() for name, array in lists.items()}
+        return LabelColumns(
+            image_ids=table.column("image_id").to_numpy().astype(np.int64),
+            file_names=table.column("file_name").to_pylist(),
+            heights=table.column("height").to_numpy().astype(np.int64),
+            widths=table.column("width").to_numpy().astype(np.int64),
+            offsets=np.concatenate(([0], np.cumsum(first))).astype(np.int64),
+            label_ids=flat["label_id"].to_numpy().astype(np.int64),
+            parent_ids=flat["parent_id"].to_numpy().astype(np.int64),
+            depths=flat["depth"].to_numpy().astype(np.int64),
+            scores=flat["score"].to_numpy(zero_copy_only=False).astype(np.float64),
+            counts=flat["counts"].to_pylist(),
+        )
+    except (pa.ArrowInvalid, TypeError, ValueError) as error:  # nulls inside the lists
+        raise PseudoLabelError(f"{source}: unreadable pseudo-label columns ({error})") from error
+
+
+def _check_table(batches: Iterator[pa.Table], source: str) -> None:
+    """Validates a store's rows batch by batch (bounded memory), see :mod:`.pseudo_label_checks`."""
+    for table in batches:
+        columns = _table_columns(table, source)
+        if columns.counts and any(text is None for text in columns.counts):
+            raise PseudoLabelError(f"{source}: null RLE counts; regenerate the file")
+        check_label_columns(columns, source)
 
 
 def _json_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -150,25 +223,52 @@ def iter_pseudo_label_files(paths: str | Path | Sequence[str | Path]) -> Iterato
         ValueError: a file breaks the contract (the message names the file and annotation).
     """
     for path in _json_files(paths):
-        data = read_coco_json(path, f"pseudo-label file {path}")
+        try:
+            parsed = _parse_file(path)
+        except PseudoLabelError:
+            raise
+        except ValueError as error:  # one class for callers: bad labels are a user error
+            raise PseudoLabelError(str(error)) from error
+        yield from parsed
+
+
+def _parse_file(path: Path) -> list[ImagePseudoLabels]:
+    """All images of one shard, validated as a whole (:func:`check_label_columns`)."""
+    data = read_coco_json(path, f"pseudo-label file {path}")
+    try:
         by_image: dict[int, list[PseudoLabel]] = {
-            int(_field(im, "id", str(path))): [] for im in data["images"]
+            _integer(_field(im, "id", str(path))): [] for im in data["images"]
         }
-        for number, raw in enumerate(data.get("annotations", [])):
-            where = f"{path}: annotations[{number}]"
-            image_id = int(_field(raw, "image_id", where))
-            if image_id not in by_image:
-                raise ValueError(f"{where}: image_id {image_id} is not in 'images'")
-            by_image[image_id].append(_parse_label(raw, where))
-        for image in data["images"]:
-            image_id = int(image["id"])
-            yield ImagePseudoLabels(
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: images: {error}") from error
+    for number, raw in enumerate(data.get("annotations", [])):
+        where = f"{path}: annotations[{number}]"
+        image_id = _field(raw, "image_id", where)
+        if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id not in by_image:
+            raise ValueError(f"{where}: image_id {image_id} is not in 'images'")
+        by_image[image_id].append(_parse_label(raw, where))
+    parsed = []
+    for number, image in enumerate(data["images"]):
+        where = f"{path}: images[{number}]"
+        try:
+            image_id = _integer(image["id"])
+            width = _integer(_field(image, "width", where))
+            height = _integer(_field(image, "height", where))
+        except ValueError as error:
+            raise ValueError(f"{where} (id {image.get('id')!r}): {error}") from error
+        if width < 1 or height < 1:
+            raise ValueError(f"{where} (id {image_id}): width and height must be positive")
+        parsed.append(
+            ImagePseudoLabels(
                 image_id=image_id,
-                file_name=str(_field(image, "file_name", str(path))),
-                width=int(_field(image, "width", str(path))),
-                height=int(_field(image, "height", str(path))),
+                file_name=str(_field(image, "file_name", where)),
+                width=width,
+                height=height,
                 labels=tuple(by_image[image_id]),
             )
+        )
+    check_label_columns(_columns(parsed), f"pseudo-label file {path}")  # the whole file, one pass
+    return parsed
 
 
 class JsonPseudoLabelStore:
@@ -199,6 +299,9 @@ class JsonPseudoLabelStore:
     def __len__(self) -> int:
         return len(self._images)
 
+
+_LIST_COLUMNS = ("label_id", "counts", "score", "parent_id", "depth")
+_CHECK_ROWS = 4096  # images validated at a time when a store is opened
 
 _TABLE_SCHEMA = pa.schema(
     [
@@ -332,6 +435,10 @@ class ArrowPseudoLabelStore(_TableStore):
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(f"{self.path} is not a readable Arrow IPC file ({error})") from error
         self._check_schema(self._table.schema)
+        starts = range(0, self._table.num_rows, _CHECK_ROWS)
+        _check_table(
+            (self._table.slice(start, _CHECK_ROWS) for start in starts), f"pseudo-label file {self.path}"
+        )
         ids = self._table.column("image_id").to_pylist()
         self._location = {image_id: row for row, image_id in enumerate(ids)}
         self._by_file_name = dict(zip(self._table.column("file_name").to_pylist(), ids, strict=True))
@@ -360,6 +467,8 @@ class ParquetPseudoLabelStore(_TableStore):
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(f"{self.path} is not a readable Parquet file ({error})") from error
         self._check_schema(self._file.schema_arrow)
+        groups = (self._file.read_row_group(group) for group in range(self._file.num_row_groups))
+        _check_table(groups, f"pseudo-label file {self.path}")
         self._cache_size = cache_row_groups
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
         self._location = {}

@@ -221,16 +221,25 @@ def _iter_members(
     """
     with _open_source(source) as fileobj:
         last_member = "<start of archive>"
+        last_offset = 0
         try:
             stream = tarfile.open(fileobj=fileobj, mode="r|*")  # noqa: SIM115 (fileobj is closed above)
             for info in stream:
                 stream.members = []  # type: ignore[attr-defined]  # stream mode keeps every TarInfo otherwise
                 if info.isdir():
                     continue
-                last_member = info.name
+                last_member, last_offset = info.name, info.offset
                 match = _MEMBER_PATTERN.match(posixpath.basename(info.name.replace("\\", "/")))
                 if not info.isreg():
-                    report.add_issue("not_a_file", source, info.name, "not a regular file (link or device)")
+                    kind = (
+                        f"a link to {info.linkname!r}" if info.issym() or info.islnk() else "a device or FIFO"
+                    )
+                    reason = f"not a regular file ({kind}; links are never followed), at byte {info.offset}"
+                    report.add_issue("not_a_file", source, info.name, reason)
+                    continue
+                if _unsafe_name(info.name):
+                    reason = f"absolute or '..' member name, at byte {info.offset}; SA-1B names are plain"
+                    report.add_issue("unsafe_name", source, info.name, reason)
                     continue
                 if match is None:
                     report.add_issue(
@@ -264,8 +273,15 @@ def _iter_members(
                 "truncated",
                 source,
                 last_member,
-                f"pack is truncated or corrupt at or after this member ({error})",
+                f"pack is truncated or corrupt at or after this member (header at byte {last_offset}): "
+                f"{error}; the images before it are kept, re-download the pack for the rest",
             )
+
+
+def _unsafe_name(name: str) -> bool:
+    """An absolute or ``..`` member name: never used as a path here, but not what SA-1B holds."""
+    posix = name.replace("\\", "/")
+    return posix.startswith("/") or ".." in posix.split("/")
 
 
 def _iter_pairs(

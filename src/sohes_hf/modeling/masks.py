@@ -140,6 +140,18 @@ def normalize_rles(rles: Sequence[Mapping[str, Any]], name: str = "rles") -> lis
     return [_with_str_counts(rle) for rle in _to_coco_list(rles, name)]
 
 
+def compressed_rle_pixels(counts: Sequence[bytes], pixels: np.ndarray) -> np.ndarray:
+    """Pixels (K,) int64 described by each compressed RLE counts string, -1 where malformed.
+
+    One vectorised pass over all strings (validating a whole pseudo-label file at load time).
+
+    Args:
+        counts: compressed counts as ASCII ``bytes``.
+        pixels: (K,) each string's height * width (a run longer than that is malformed).
+    """
+    return _run_length_totals(list(counts), np.asarray(pixels, dtype=np.int64))
+
+
 def mask_areas(rles: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """Pixel areas (N,) int64 of RLE masks."""
     return _areas(_to_coco_list(rles, "rles"))

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from transformers import Pipeline
 
 from .masks import decode_mask
@@ -52,7 +52,13 @@ OUTPUT_FORMATS = ("rle", "binary")
 
 
 def load_image_input(image: Any, timeout: float | None = None) -> Image.Image:
-    """Loads one pipeline input as an RGB PIL image (EXIF orientation applied).
+    """Loads one pipeline input as an RGB PIL image in its stored pixel orientation.
+
+    The EXIF ``Orientation`` tag is not applied, on purpose: COCO and SA-1B ground truth,
+    ``sohes explore`` and training all use the pixels as stored, so masks predicted here line up
+    with annotations and pseudo-labels of the same file (applying it would swap width and height
+    of a rotated photo). To segment a photo as a viewer displays it, pass
+    ``PIL.ImageOps.exif_transpose(Image.open(path))``; the masks then follow that image.
 
     Args:
         image: a local path (``str`` or ``Path``), an ``http(s)://`` URL, a PIL image, or a numpy
@@ -66,7 +72,7 @@ def load_image_input(image: Any, timeout: float | None = None) -> Image.Image:
         TypeError: any other input type.
     """
     if isinstance(image, Image.Image):
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return image.convert("RGB")
     if isinstance(image, np.ndarray):
         return _image_from_array(image)
     if isinstance(image, (str, Path)):
@@ -99,7 +105,7 @@ def _open_image_bytes(data: bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
-            return ImageOps.exif_transpose(opened).convert("RGB")
+            return opened.convert("RGB")  # stored orientation: see load_image_input
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{name!r} is not a readable image file: {error}") from error
 

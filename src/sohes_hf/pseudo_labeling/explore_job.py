@@ -35,6 +35,7 @@ COCO file, renumbering annotation ids and their ``parent_id``, streaming too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -52,6 +53,7 @@ from tqdm.auto import tqdm
 from sohes_hf import __version__
 from sohes_hf.atomic_io import write_json_atomic
 from sohes_hf.data.image_sources import (
+    DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageEntry,
     ImageReader,
@@ -59,6 +61,7 @@ from sohes_hf.data.image_sources import (
     list_images,
     shard_entries,
 )
+from sohes_hf.data.tar_scan import InputProblem
 from sohes_hf.logging_utils import get_logger
 from sohes_hf.pseudo_labeling.coco_stream import CocoStreamWriter, json_default
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
@@ -86,6 +89,8 @@ class ExploreJobConfig:
         shard_index: which shard this run processes, in [0, num_shards).
         checkpoint_every: finished images between two journal flushes (fsync).
         max_image_pixels: images above width x height are skipped (decompression-bomb guard).
+        max_file_bytes: image files (tar members) above this size are skipped unread, so a
+            listed device or huge file cannot exhaust memory.
         backbone: backbone name recorded in the output's ``info`` (provenance only; the refiner
             is ``exploration.refiner``).
         exploration: the self-exploration hyper-parameters.
@@ -100,6 +105,7 @@ class ExploreJobConfig:
     shard_index: int = 0
     checkpoint_every: int = 10
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     backbone: str = "facebook/dino-vitb8"
     exploration: SelfExplorationConfig = field(default_factory=SelfExplorationConfig)
     workers: int = 1
@@ -107,7 +113,7 @@ class ExploreJobConfig:
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ValueError("inputs: no image inputs given")
-        for name in ("num_shards", "checkpoint_every", "max_image_pixels", "workers"):
+        for name in ("num_shards", "checkpoint_every", "max_image_pixels", "max_file_bytes", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
@@ -201,7 +207,8 @@ def run_explore_job(
         The shard's summary (also logged and written to the summary file).
     """
     start = time.perf_counter()
-    entries = shard_entries(list_images(job.inputs), job.num_shards, job.shard_index)
+    input_problems: list[InputProblem] = []  # cut packs, links...: listed in the skip report
+    entries = shard_entries(list_images(job.inputs, input_problems), job.num_shards, job.shard_index)
     paths = ShardPaths.of(job.output_dir, job.shard_index, job.num_shards)
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)
     header = _header(job, entries)
@@ -216,7 +223,7 @@ def run_explore_job(
     num_done = 0
     with (
         Journal(paths.journal, header, job.checkpoint_every, offsets) as journal,
-        ImageReader(job.max_image_pixels, config.min_image_side) as reader,
+        ImageReader(job.max_image_pixels, config.min_image_side, job.max_file_bytes) as reader,
         tqdm(
             total=len(entries),
             initial=num_resumed,
@@ -274,7 +281,7 @@ def run_explore_job(
                     finish(entry, _image_record(entry, outcome))
         finally:
             results.close()  # on an error: cancel the images not started, let the running ones end
-    totals = _assemble(paths, entries, offsets, header, show_progress)
+    totals = _assemble(paths, entries, offsets, header, show_progress, input_problems)
     seconds = time.perf_counter() - start
     summary = ExploreSummary(
         num_images=len(entries),
@@ -376,6 +383,7 @@ def _assemble(
     offsets: Mapping[str, int],
     header: Mapping[str, Any],
     show_progress: bool,
+    input_problems: Sequence[InputProblem] = (),
 ) -> _ShardTotals:
     """Writes the shard's COCO file and skipped report from the journal, in listing order.
 
@@ -430,7 +438,8 @@ def _assemble(
             totals.num_labeled += 1
             totals.num_masks += len(record["annotations"])
     totals.num_skipped = len(skipped)
-    _write_json(paths.skipped, {"skipped": skipped})
+    problems = [dataclasses.asdict(problem) for problem in input_problems]
+    _write_json(paths.skipped, {"skipped": skipped, "inputs": problems})
     return totals
 
 

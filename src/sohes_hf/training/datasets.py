@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sohes_hf.data.image_sources import ImageEntry, ImageReader, list_images
+from sohes_hf.data.pseudo_label_checks import PseudoLabelError
 from sohes_hf.data.pseudo_label_store import PseudoLabelStore, open_pseudo_label_store, targets_for_image
 from sohes_hf.logging_utils import get_logger
 from sohes_hf.masks import decode_masks
@@ -67,6 +68,10 @@ class PseudoLabelledImages:
         image_root: folder, list file or SA-1B ``.tar`` pack(s) (several joined with ``os.pathsep``).
         require_labels: skip images without any pseudo-label mask (they teach only "no object").
 
+    Attributes:
+        num_dropped: images left out, per reason (also logged as warnings): listed but without
+            labels, labelled but not found, unreadable, or with no annotation.
+
     Raises:
         FileNotFoundError: a path does not exist.
         ValueError: no image of ``image_root`` has pseudo-labels.
@@ -79,16 +84,35 @@ class PseudoLabelledImages:
                 raise FileNotFoundError(f"image_root not found: {root}")
         if not roots:
             raise ValueError("image_root must name a folder, list file or SA-1B tar pack")
-        self.store: PseudoLabelStore = open_pseudo_label_store(train_annotations)
+        self.store: PseudoLabelStore = open_pseudo_label_store(train_annotations)  # validates every label
         entries: list[tuple[ImageEntry, int]] = []
+        dropped: dict[str, list[str]] = {}  # reason -> file names (logged as counts and examples)
+        num_matched = 0  # images of the store found under image_root
         for entry in list_images(roots):
             image_id = self.store.image_id_for_file_name(entry.file_name)
-            if image_id is not None:
+            num_matched += image_id is not None
+            if image_id is None:
+                reason = "listed under image_root but absent from the pseudo-label file"
+            elif entry.problem is not None:  # a cut tar member, a link...: reading it would fail mid-run
+                reason = "unreadable input (see the warnings above)"
+            elif require_labels and self._num_labels(image_id) == 0:
+                reason = "no pseudo-label annotation"
+            else:
                 entries.append((entry, image_id))
-        if require_labels:
-            entries = [(e, i) for e, i in entries if self._num_labels(i) > 0]
+                continue
+            dropped.setdefault(reason, []).append(entry.file_name)
+        self.num_dropped = {reason: len(names) for reason, names in dropped.items()}
+        if len(self.store) > num_matched:
+            self.num_dropped["in the pseudo-label file but no such file under image_root"] = (
+                len(self.store) - num_matched
+            )
+        for reason, count in self.num_dropped.items():
+            examples = ", ".join(dropped.get(reason, [])[:3])
+            logger.warning(
+                "dropped %d image(s): %s%s", count, reason, f" (e.g. {examples})" if examples else ""
+            )
         if not entries:
-            raise ValueError(
+            raise PseudoLabelError(
                 f"no image under image_root={image_root!r} has pseudo-labels in {train_annotations!r} "
                 "(images are joined on file_name)"
             )
@@ -124,7 +148,10 @@ class PseudoLabelledImages:
                     f"image {entry.file_name}: pseudo-label {number} has size {rle['size']}, image is "
                     f"{[height, width]}"
                 )
-        masks = decode_masks(targets["masks"], height, width)
+        try:
+            masks = decode_masks(targets["masks"], height, width)
+        except ValueError as error:  # the store validated the labels at load: the file changed since
+            raise ValueError(f"image {entry.file_name} (id {image_id}): pseudo-labels: {error}") from error
         parents = validate_parents(
             targets["parents"], len(targets["masks"]), name=f"{entry.file_name} parents"
         )
