@@ -2,6 +2,8 @@
 
     python benchmarks/benchmark_training.py                      # tiny model on CPU, 64 px
     python benchmarks/benchmark_training.py --model vit-b8 --image-size 1024 --batch-size 2  # GPU
+    python benchmarks/benchmark_training.py --model vit-b8 --image-size 512 --batch-size 1 \
+        --steps 1 --warmup-steps 0 --activation-checkpointing   # peak memory with checkpointing
 
 Prints steps/s, images/s and peak memory (CUDA: max allocated; CPU: peak RSS of the process),
 plus what the paper recipe (40,000 steps x 128 images, appendix A) would take at that rate on
@@ -34,6 +36,7 @@ def _tiny_config() -> SohesConfig:
         decoder_layers=2,
         backbone_config={"num_hidden_layers": 2},
         interaction_indexes=[[0, 0], [1, 1]],
+        adapter_add_vit_feature=False,  # the official per-stage addition needs four stages
     )
 
 
@@ -73,12 +76,20 @@ def main() -> None:
     parser.add_argument("--num-masks", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
     parser.add_argument("--bf16", action="store_true", help="CUDA autocast to bfloat16")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before timing")
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="model.activation_checkpointing_enable() (the recipe's activation_checkpointing: true)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     config = _tiny_config() if args.model == "tiny" else _vit_b8_config()
     model = SohesForHierarchicalSegmentation(config).to(device).train()
+    if args.activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, SelfInstructionConfig(train_annotations="unused"), 1e-4)
     batch = _synthetic_batch(args.batch_size, args.image_size, args.num_masks, device)
 
@@ -90,7 +101,7 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(2):
+    for _ in range(args.warmup_steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -111,7 +122,10 @@ def main() -> None:
         name = f"CPU, {torch.get_num_threads()} thread(s)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model={args.model} ({params:.1f}M parameters) device={name} image={args.image_size}px")
-    print(f"batch={args.batch_size} masks/image={args.num_masks} bf16={args.bf16 and device.type == 'cuda'}")
+    print(
+        f"batch={args.batch_size} masks/image={args.num_masks} bf16={args.bf16 and device.type == 'cuda'} "
+        f"activation_checkpointing={args.activation_checkpointing}"
+    )
     print(f"steps/s={steps_per_s:.3f} images/s={images_per_s:.2f} seconds/step={1 / steps_per_s:.3f}")
     print(f"peak memory={peak}")
     hours = PAPER_STEPS * PAPER_BATCH / images_per_s / 3600

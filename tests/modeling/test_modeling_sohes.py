@@ -208,10 +208,35 @@ def test_activation_checkpointing_gives_the_same_gradients(pixel_values: torch.T
         model(pixel_values, **labels).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    # A child of every layer meant to be checkpointed counts its forward calls: a recomputed
+    # layer runs its children again in the backward pass.
+    layers = {
+        "vit": model.backbone.vit.layers,
+        "injector": model.backbone.injectors,
+        "extractor": model.backbone.extractors,
+        "pixel decoder encoder": model.pixel_decoder.encoder.layers,
+        "mask decoder": model.transformer_module.decoder.layers,
+    }
+    calls = dict.fromkeys(layers, 0)
+
+    def counter(kind: str):  # type: ignore[no-untyped-def]
+        def hook(*_: object) -> None:
+            calls[kind] += 1
+
+        return hook
+
+    for kind, group in layers.items():
+        assert len(group) > 0, kind
+        for layer in group:
+            next(layer.children()).register_forward_hook(counter(kind))
+
     plain = gradients()
+    plain_calls = dict(calls)
+    calls.update(dict.fromkeys(calls, 0))
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     assert model.backbone.vit.layers[0].gradient_checkpointing
     checkpointed = gradients()
+    assert calls == {kind: 2 * count for kind, count in plain_calls.items()}, (calls, plain_calls)
     assert plain.keys() == checkpointed.keys()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6, msg=name)

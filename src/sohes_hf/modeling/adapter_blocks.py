@@ -18,6 +18,7 @@ import math
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.mask2former.modeling_mask2former import multi_scale_deformable_attention
 
 
@@ -170,8 +171,12 @@ class ConvFFN(nn.Module):
         return self.fc2(self.act(torch.cat(convolved, dim=1)))
 
 
-class Injector(nn.Module):
+class Injector(GradientCheckpointingLayer):
     """ViT tokens <- spatial-prior pyramid: ``x + gamma * attn(norm(x), norm(c))``.
+
+    A ``GradientCheckpointingLayer``: ``activation_checkpointing_enable()`` recomputes it in the
+    backward pass (deformable attention over every stride-8 token is the adapter's largest
+    activation).
 
     ``gamma`` starts at ``init_values`` (0 by default) so the pre-trained ViT is untouched at the
     first step and the injection is learned gradually (ViT-Adapter section 3.2).
@@ -210,8 +215,12 @@ class Injector(nn.Module):
         return vit_tokens + self.gamma * update
 
 
-class Extractor(nn.Module):
-    """Spatial-prior pyramid <- ViT tokens, then an optional convolutional FFN."""
+class Extractor(GradientCheckpointingLayer):
+    """Spatial-prior pyramid <- ViT tokens, then an optional convolutional FFN.
+
+    Recomputed in the backward pass under ``activation_checkpointing_enable()``, like the
+    injector; drop path draws the same mask again (checkpointing restores the RNG state).
+    """
 
     def __init__(
         self,

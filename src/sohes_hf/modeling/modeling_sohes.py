@@ -31,10 +31,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, ViTModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerLoss,
     Mask2FormerMaskedAttentionDecoderLayer,
     Mask2FormerPixelDecoder,
+    Mask2FormerPixelDecoderEncoderLayer,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
     Mask2FormerPredictionBlock,
     Mask2FormerTransformerModule,
@@ -180,6 +182,17 @@ def _init_linear_default(linear: nn.Linear) -> None:
         init.uniform_(linear.bias, -bound, bound)
 
 
+class _CheckpointablePixelDecoderEncoderLayer(
+    GradientCheckpointingLayer, Mask2FormerPixelDecoderEncoderLayer
+):
+    """transformers' pixel-decoder encoder layer, recomputed under ``activation_checkpointing_enable()``.
+
+    transformers' layer is a plain ``nn.Module``; its instances get this class (same weights and
+    state-dict keys, same forward) so that deformable self-attention over the stride-8/16/32
+    tokens, the largest activation after the ViT's, is checkpointed with the rest.
+    """
+
+
 class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
     """SOHES hierarchical entity segmentation model (paper section 3.2, Figure 4).
 
@@ -194,6 +207,8 @@ class SohesForHierarchicalSegmentation(SohesPreTrainedModel):
         self.pixel_decoder = Mask2FormerPixelDecoder(
             mask2former_config, feature_channels=self.backbone.channels
         )
+        for layer in self.pixel_decoder.encoder.layers:
+            layer.__class__ = _CheckpointablePixelDecoderEncoderLayer
         self.transformer_module = Mask2FormerTransformerModule(
             in_features=config.feature_size, config=mask2former_config
         )

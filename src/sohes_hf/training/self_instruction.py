@@ -282,6 +282,9 @@ class SelfInstructionTrainer:
         started_at = utc_now()
         model = self.model.to(accelerator.device)
         self._setup_extra(model)
+        if config.activation_checkpointing:
+            # Non-reentrant: works under DDP and with inputs passed by keyword.
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         optimizer = build_optimizer(model, config, self.learning_rate)
         model, optimizer = accelerator.prepare(model, optimizer)
         if resume_from is not None:
