@@ -52,7 +52,7 @@ def test_flat_colours_give_their_lab_and_separate() -> None:
     extractor = ColourTextureFeatureExtractor(context_weight=0.0)
     descriptors = extractor.descriptors(image, grid=8)
     assert descriptors[3, 1, :3] == pytest.approx(_srgb_to_lab(np.array([200.0, 40.0, 30.0])), abs=0.5)
-    assert np.abs(descriptors[3, 1, 3:9]).max() < 0.05  # no spread, no gradient in a flat area (float32 moments)
+    assert np.abs(descriptors[3, 1, 3:9]).max() < 0.05  # flat area: no spread, no gradient
     features = extractor.extract([image], 64)[0]
     assert features.shape == (8, 8, 384) and features.dtype == np.float32
     assert _cosine(features[0, 0], features[7, 2]) > 0.9
