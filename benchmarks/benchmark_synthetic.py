@@ -9,8 +9,11 @@ Two parts, both printing figures and asserting nothing:
    ``colour-texture`` stand-in backbone and for a randomly initialised ViT-B/8-shaped ViT (patch 8,
    4 layers of width 192; saved to a temporary folder, nothing downloaded). Prints AR, AR per
    depth and parent-link precision/recall of each.
+3. ``ablation``: the same measurement in-process (``explore_image``, identity refiner) on the val
+   split of ``make_synthetic_dataset(num_images=2 * --ablation-images, seed=--seed)`` for
+   ``colour-texture`` with ``context_weight`` 0 and 0.5 (the default).
 
-Usage: ``python benchmarks/benchmark_synthetic.py [--parts generate,explore] [--num-images 200]``
+Usage: ``python benchmarks/benchmark_synthetic.py [--parts generate,explore,ablation] [--num-images 200]``
 """
 
 from __future__ import annotations
@@ -130,6 +133,57 @@ def explore(num_images: int, image_size: int, explore_size: int, seed: int) -> N
             )
 
 
+def ablation(num_images: int, image_size: int, explore_size: int, seed: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from sohes_hf.data.synthetic import make_synthetic_dataset
+    from sohes_hf.evaluation.coco_eval import evaluate_class_agnostic
+    from sohes_hf.evaluation.hierarchy_metrics import parent_link_metrics, per_depth_ar
+    from sohes_hf.pseudo_labeling.colour_texture_features import ColourTextureFeatureExtractor
+    from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
+    from sohes_hf.pseudo_labeling.refinement import IdentityRefiner
+    from sohes_hf.pseudo_labeling.self_exploration import explore_image
+
+    with tempfile.TemporaryDirectory() as folder:
+        split = make_synthetic_dataset(
+            folder, 2 * num_images, seed=seed, image_size=image_size, val_fraction=0.5
+        ).val
+        coco = json.loads(split.annotation_file.read_text())
+        images = [
+            np.asarray(Image.open(split.image_dir / i["file_name"]).convert("RGB")) for i in coco["images"]
+        ]
+        references = []
+        for image in coco["images"]:
+            records = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+            position = {a["id"]: k for k, a in enumerate(records)}
+            references.append({
+                "masks": [a["segmentation"] for a in records],
+                "iscrowd": [0] * len(records),
+                "parents": [position.get(a["parent_id"], -1) for a in records],
+                "depths": [a["depth"] for a in records],
+            })  # fmt: skip
+    config = SelfExplorationConfig(image_size=explore_size, refiner="none")
+    for context_weight in (0.0, 0.5):
+        extractor = ColourTextureFeatureExtractor(context_weight=context_weight)
+        predictions = []
+        for image in images:
+            labels = explore_image(image, extractor, IdentityRefiner(), config)
+            predictions.append(
+                {"masks": labels.masks, "scores": list(labels.scores), "parents": list(labels.parents)}
+            )
+        result = evaluate_class_agnostic(predictions, references)
+        depths = per_depth_ar(predictions, references)
+        links = parent_link_metrics(predictions, references)
+        masks = sum(len(p["masks"]) for p in predictions) / len(predictions)
+        print(
+            f"ablation\tcontext_weight {context_weight}\t{len(images)} images"
+            f"\tAR {result.ar:.3f}\tAP {result.ap:.3f}\t"
+            + "\t".join(f"{name} {value.ar:.3f}" for name, value in depths.items())
+            + f"\tlink P {links.precision:.3f} R {links.recall:.3f}\t{masks:.0f} masks/image"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="generate,explore")
@@ -137,6 +191,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--explore-images", type=int, default=8, help="val images explored by 'explore'")
     parser.add_argument("--explore-size", type=int, default=512, help="sohes explore --image-size")
+    parser.add_argument("--ablation-images", type=int, default=12, help="val images used by 'ablation'")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -144,6 +199,8 @@ def main() -> None:
         generate(args.num_images, args.image_size)
     if "explore" in parts:
         explore(args.explore_images, args.image_size, args.explore_size, args.seed)
+    if "ablation" in parts:
+        ablation(args.ablation_images, args.image_size, args.explore_size, args.seed)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,10 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path: Path) -> None:
     ids = [a["id"] for a in train["annotations"] + val["annotations"]]
     assert ids == list(range(1, len(ids) + 1))  # unique across the splits
     assert first.train.num_annotations == len(train["annotations"])
+    assert (
+        first.val.evaluate_argument("syn")
+        == f"syn={tmp_path / 'a/val/annotations.json'}:{tmp_path / 'a/val/images'}"
+    )
 
 
 def test_split_sizes() -> None:

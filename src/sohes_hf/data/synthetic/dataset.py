@@ -52,6 +52,10 @@ class SyntheticSplit:
     num_images: int
     num_annotations: int
 
+    def evaluate_argument(self, name: str = "synthetic") -> str:
+        """The ``sohes evaluate --dataset`` value for this split: ``NAME=GT_JSON:IMAGE_DIR``."""
+        return f"{name}={self.annotation_file}:{self.image_dir}"
+
 
 @dataclass(frozen=True)
 class SyntheticDataset:
