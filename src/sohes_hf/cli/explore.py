@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     config = job.exploration
     extractor: DinoFeatureExtractor | ColourTextureFeatureExtractor
     if args.backbone == COLOUR_TEXTURE_BACKBONE:
-        extractor = ColourTextureFeatureExtractor()
+        extractor = ColourTextureFeatureExtractor(device=device)
     else:
         extractor = DinoFeatureExtractor(
             args.backbone,

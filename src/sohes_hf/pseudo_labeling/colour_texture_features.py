@@ -59,10 +59,13 @@ class ColourTextureFeatureExtractor:
         texture_weight: weight of the gradient statistics (L units per pixel).
         context_weight: weight of the 3 x 3-patch context colour (0 turns it off).
         seed: seed of the fixed Fourier frequencies (part of the feature's definition).
+        device: where a refiner placed beside this backbone should run (``sohes explore`` puts
+            CascadePSP there); default CUDA when available, else CPU. The features themselves are
+            always computed with NumPy/OpenCV on the CPU.
 
     Attributes:
         patch_size: 8, as DINO ViT-B/8.
-        device: ``cpu`` (no network; kept for callers that place a refiner beside the backbone).
+        device: the ``device`` above, as a ``torch.device``.
     """
 
     patch_size = 8
@@ -75,6 +78,7 @@ class ColourTextureFeatureExtractor:
         texture_weight: float = 1.0,
         context_weight: float = 0.5,
         seed: int = 0,
+        device: str | torch.device | None = None,
     ) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 2:
             raise ValueError(f"num_features: must be an integer >= 2, got {num_features!r}")
@@ -88,7 +92,9 @@ class ColourTextureFeatureExtractor:
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
         if bandwidth <= 0:
             raise ValueError(f"bandwidth: must be positive, got {bandwidth!r}")
-        self.device = torch.device("cpu")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.feature_dim = num_features
         self.bandwidth = float(bandwidth)
         self.weights = np.array(
