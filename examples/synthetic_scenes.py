@@ -48,9 +48,7 @@ def main() -> None:
         for k, (rle, p, d) in enumerate(zip(labels.masks, labels.parents, labels.depths, strict=True))
     ]
     print("pseudo-labels:", len(pseudo), "masks")
-    save_image(
-        args.output / "synthetic_scene_pseudo.jpg", depth_level_panel(scene.image, pseudo)
-    )
+    save_image(args.output / "synthetic_scene_pseudo.jpg", depth_level_panel(scene.image, pseudo))
 
 
 if __name__ == "__main__":
