@@ -43,7 +43,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--output", required=True, help="output folder (or the merged file with --merge)")
     parser.add_argument("--merge", metavar="DIR", help="merge the shard files of DIR into --output")
-    parser.add_argument("--backbone", default="facebook/dino-vitb8", help="ViT Hub id or local folder")
+    parser.add_argument(
+        "--backbone",
+        default="facebook/dino-vitb8",
+        help="ViT Hub id or local folder, or 'colour-texture': offline colour/texture patch statistics, "
+        "a documented stand-in that is NOT DINO (docs/self_exploration.md)",
+    )
     parser.add_argument("--feature", default="keys", help="last-layer feature: keys, queries, values, tokens")
     parser.add_argument("--refiner", default="cascadepsp", help="mask refiner: cascadepsp or none")
     parser.add_argument("--refiner-weights", help="folder holding CascadePSP's checkpoint as <folder>/model")
@@ -85,18 +90,26 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("IMAGES: give at least one image folder, list file or tar pack (or use --merge DIR)")
     job, device = _job_from_args(args, CliError)
 
+    from sohes_hf.pseudo_labeling.colour_texture_features import (
+        COLOUR_TEXTURE_BACKBONE,
+        ColourTextureFeatureExtractor,
+    )
     from sohes_hf.pseudo_labeling.explore_job import run_explore_job
     from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor
     from sohes_hf.pseudo_labeling.refinement import build_refiner
 
     config = job.exploration
-    extractor = DinoFeatureExtractor(
-        args.backbone,
-        feature_kind=config.feature_kind,
-        device=device,
-        precision=config.precision,
-        batch_size=config.feature_batch_size,
-    )
+    extractor: DinoFeatureExtractor | ColourTextureFeatureExtractor
+    if args.backbone == COLOUR_TEXTURE_BACKBONE:
+        extractor = ColourTextureFeatureExtractor(device=device)
+    else:
+        extractor = DinoFeatureExtractor(
+            args.backbone,
+            feature_kind=config.feature_kind,
+            device=device,
+            precision=config.precision,
+            batch_size=config.feature_batch_size,
+        )
     refiner = build_refiner(
         config.refiner,
         weights_folder=args.refiner_weights,
@@ -138,6 +151,8 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
         raise cli_error(
             f"--refiner: {args.refiner!r} is not accepted; accepted values: {', '.join(_REFINERS)}"
         )
+    if args.backbone == "colour-texture" and args.feature != "keys":
+        raise cli_error("--feature: only for ViT backbones; --backbone colour-texture has no keys or queries")
     if args.feature not in _FEATURE_KINDS:
         raise cli_error(
             f"--feature: {args.feature!r} is not accepted; accepted values: {', '.join(_FEATURE_KINDS)}"

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         iter_sa1b_records,
         read_links_file,
     )
+    from sohes_hf.data.synthetic import SyntheticDataset, make_synthetic_dataset
 
 _EXPORTS = {
     "sohes_hf.data.builder": (
@@ -72,6 +73,7 @@ _EXPORTS = {
         "iter_sa1b_records",
         "read_links_file",
     ),
+    "sohes_hf.data.synthetic": ("SyntheticDataset", "make_synthetic_dataset"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -93,6 +95,7 @@ __all__ = [
     "SA1BFormatError",
     "SA1BPseudoLabelBuilder",
     "SA1BPseudoLabelConfig",
+    "SyntheticDataset",
     "ade20k_instances_to_coco",
     "convert_pseudo_labels",
     "example_targets",
@@ -100,6 +103,7 @@ __all__ = [
     "iter_sa1b_records",
     "load_coco_ground_truth",
     "make_sa1b_eval_split",
+    "make_synthetic_dataset",
     "open_pseudo_label_store",
     "read_links_file",
     "targets_for_image",
