@@ -1,6 +1,8 @@
-"""Checks shared by several subcommands; each raises ``CliError`` naming the flag."""
+"""Checks and help layout shared by several subcommands; each check raises ``CliError`` naming the flag."""
 
 from __future__ import annotations
+
+import argparse
 
 from sohes_hf.cli.main import CliError
 
@@ -19,3 +21,23 @@ def check_device(device: str | None, flag: str = "--device") -> None:
 
         if not torch.cuda.is_available():
             raise CliError(f"{flag}: {device} requested but CUDA is not available; use {flag} cpu")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that keeps the description's line breaks and shows every option's default.
+
+    ``(default: X)`` is appended to options whose default is a value (not None or False), unless
+    the help text already shows it; descriptions keep their layout, so examples stay readable.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
