@@ -23,20 +23,32 @@ def check_device(device: str | None, flag: str = "--device") -> None:
             raise CliError(f"{flag}: {device} requested but CUDA is not available; use {flag} cpu")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Help that keeps the description's line breaks and shows every option's default.
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that keeps the description's examples as written and shows every option's default.
 
-    ``(default: X)`` is appended to options whose default is a value (not None or False), unless
-    the help text already shows it; descriptions keep their layout, so examples stay readable.
+    ``(default: X)`` is appended to options whose default is a value (not None, False or []), unless
+    the help text already speaks of its default. Description paragraphs (separated by blank lines) are wrapped
+    to the terminal, except paragraphs with indented lines (examples), which are kept as written.
     """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line.startswith(" ") for line in lines[1:]) or paragraph.startswith(" "):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if (
-            "%(default)" in text
+            "default" in text.lower()
             or not action.option_strings
             or action.default is None
             or action.default is False
+            or action.default == []
             or action.default == argparse.SUPPRESS
         ):
             return text

@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
         ),
         epilog=(
             "On a CPU, the defaults (--image-size 1024, --refiner cascadepsp) take minutes per image; "
-            "--image-size 512 --refiner none gives a first look in seconds."
+            "--image-size 512 --refiner none is the quickest first look."
         ),
         formatter_class=HelpFormatter,
     )

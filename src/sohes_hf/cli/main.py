@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(arguments)
     args, unknown = parser.parse_known_args(arguments)
     # A bad flag is reported with the usage of the subcommand it was given to, not the top level's.
-    command_parser = _subcommand_parser(parser, args.command) or parser
+    command_parser = _subcommand_parser(parser, arguments)
     if unknown:
         _usage_error(command_parser, f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging("DEBUG" if args.verbose else "WARNING" if args.quiet else None)
@@ -120,17 +120,18 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     parser.exit(2, f"sohes: error: {message}\n")
 
 
-def _subcommand_parser(
-    parser: argparse.ArgumentParser, command: str | None
-) -> argparse.ArgumentParser | None:
-    """The parser of subcommand ``command`` (None when there is none)."""
-    if command is None:
-        return None
-    for action in parser._subparsers._group_actions if parser._subparsers else ():
-        if isinstance(action, argparse._SubParsersAction):
-            found = action.choices.get(command)
-            return found if isinstance(found, argparse.ArgumentParser) else None
-    return None
+def _subcommand_parser(parser: argparse.ArgumentParser, arguments: Sequence[str]) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser that ``arguments`` name (``sohes data check`` -> check's)."""
+    current = parser
+    for token in arguments:
+        actions = current._subparsers._group_actions if current._subparsers else []
+        choices = next((a.choices for a in actions if isinstance(a, argparse._SubParsersAction)), None)
+        if choices is None:
+            break
+        found = choices.get(token)
+        if isinstance(found, argparse.ArgumentParser):
+            current = found
+    return current
 
 
 if __name__ == "__main__":
