@@ -119,6 +119,12 @@ def test_segment_accepts_a_folder_of_images(photos: Path, model_dir: Path, tmp_p
         _sohes("segment", str(tmp_path / "empty"), "--model", str(model_dir), "--output", "x")
     )
     assert "IMAGE: no image in folder" in line
+    line = _one_error_line(
+        _sohes("segment", str(photos), "--model", str(tmp_path / "no_model"), "--output", "x")
+    )
+    assert line.startswith(
+        f"sohes: error: --model: no folder {tmp_path / 'no_model'} (give a saved model folder"
+    )
 
 
 @pytest.mark.parametrize("command", ["segment", "evaluate", "explore"])

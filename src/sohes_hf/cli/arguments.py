@@ -53,3 +53,16 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             return text
         return f"{text} (default: %(default)s)"
+
+
+def check_model_path(model: str, flag: str = "--model") -> None:
+    """Refuses a ``model`` that is written as a path (``/x``, ``./x``, ``~/x``, ``a/b/c``) but does not exist.
+
+    Such a name is not a Hub id either, and transformers would answer with a message about repo
+    id syntax; say instead that the folder is missing.
+    """
+    from pathlib import Path
+
+    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+    if looks_like_path and not Path(model).expanduser().exists():
+        raise CliError(f"{flag}: no folder {model} (give a saved model folder, or a Hub id like org/name)")

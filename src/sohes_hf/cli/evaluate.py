@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sohes_hf.cli.arguments import HelpFormatter, check_device
+from sohes_hf.cli.arguments import HelpFormatter, check_device, check_model_path
 from sohes_hf.logging_utils import get_logger
 
 if TYPE_CHECKING:
@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     specs = _parse_datasets(args.dataset)
     prediction_files = _pair_predictions(args.predictions, specs) if args.predictions else {}
     _check_options(args, specs)
+    if args.model:
+        check_model_path(args.model)
     segmenter = _load_segmenter(args) if args.model else None
     results = {}
     hierarchy: dict[str, HierarchyMetrics] = {}

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any, cast
 
-from sohes_hf.cli.arguments import HelpFormatter, check_device
+from sohes_hf.cli.arguments import HelpFormatter, check_device, check_model_path
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -67,6 +67,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise CliError(f"--batch-size: must be a positive integer, got {args.batch_size}")
     check_device(str(args.device))
+    check_model_path(args.model)
     if args.output.exists() and not args.output.is_dir():
         raise CliError(f"--output: {args.output} exists and is not a directory")
     args.images = _expand_folders(args.images)

@@ -194,6 +194,7 @@ def draw_label_pictures(
     An image that cannot be read, or whose masks do not fit it, is skipped with a warning naming
     it; the others are drawn.
     """
+    from sohes_hf.data.image_sources import ImageReadError
     from sohes_hf.visualization.coco_entities import entities_from_annotations
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +206,9 @@ def draw_label_pictures(
             picture = load_image(image)
             height, width = picture.shape[:2]
             entities = entities_from_annotations(labels.annotations[int(image["id"])], height, width)
+        except ImageReadError as error:
+            logger.warning("skipping %s: %s", file_name, error.reason)
+            continue
         except (OSError, ValueError) as error:
             logger.warning("skipping %s: %s", file_name, error)
             continue
