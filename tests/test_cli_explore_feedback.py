@@ -146,6 +146,8 @@ def test_progress_names_the_image_and_its_step_and_the_rate_is_readable(
         result.stderr
     )
     assert "image 1: backbone features" in result.stderr
+    # the bar's rate is this run's, in a readable unit, after the first finished image
+    assert re.search(r"1/1 \[[\d:]+<[\d:]+, \d+\.\d (images/s|s/image)\]", result.stderr), result.stderr
     summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert re.fullmatch(r"\d+\.\d (images/s|s/image)", summary["rate"]), summary["rate"]
     assert summary["rate"] in result.stderr  # the INFO line says it too

@@ -64,7 +64,12 @@ from sohes_hf.logging_utils import get_logger
 from sohes_hf.pseudo_labeling.coco_stream import CocoStreamWriter, json_default
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.explore_journal import Journal, index_journal
-from sohes_hf.pseudo_labeling.explore_progress import ImageStatus, ReportingExtractor, ReportingRefiner
+from sohes_hf.pseudo_labeling.explore_progress import (
+    BAR_FORMAT,
+    ImageStatus,
+    ReportingExtractor,
+    ReportingRefiner,
+)
 from sohes_hf.pseudo_labeling.explore_report import emptied_step, format_rate
 from sohes_hf.pseudo_labeling.explore_workers import SerializedExtractor, SerializedRefiner, map_in_threads
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor
@@ -244,6 +249,7 @@ def run_explore_job(
             unit="img",
             desc="self-exploration",
             disable=not show_progress,
+            bar_format=BAR_FORMAT,
         ) as progress,
     ):
         status = ImageStatus(progress, {entry.key: number for number, entry in enumerate(entries, start=1)})
@@ -252,9 +258,9 @@ def run_explore_job(
             """Journals one image's record (done or skipped) and reports progress."""
             nonlocal num_done
             journal.append(entry.key, record)
-            status.clear(entry)
             num_done += 1
             progress.update(1)
+            status.clear(entry, explored=record["type"] == "image")
             if on_image_done is not None:
                 on_image_done(num_done)
 
