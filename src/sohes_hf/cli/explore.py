@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         max_side=config.refinement_max_side,
         fast=config.refinement_fast,
     )
-    _warn_if_slow(config, str(extractor.device))
+    _warn_if_slow(config, str(extractor.device), extractor.patch_size)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:
@@ -159,14 +159,14 @@ def _raise_input_error(error: Exception, cli_error: type[Exception]) -> None:
             raise cli_error(f"{flag}: {message[len(prefix) :]}") from error
 
 
-def _warn_if_slow(config: Any, device: str) -> None:
+def _warn_if_slow(config: Any, device: str, patch_size: int) -> None:
     """Says up front when a CPU run at these settings takes minutes per image, and what to change."""
     if not device.startswith("cpu"):
         return
     causes, changes = [], []
     if config.image_size > 512:
-        patches = (config.image_size // 8) ** 2
-        causes.append(f"--image-size {config.image_size} ({patches:,} ViT-B/8 patches per pass)")
+        patches = (config.image_size // patch_size) ** 2
+        causes.append(f"--image-size {config.image_size} ({patches:,} patches per backbone pass)")
         changes.append("--image-size 512")
     if config.refiner == "cascadepsp":
         causes.append("--refiner cascadepsp (one CascadePSP pass per mask, dozens of masks per image)")
