@@ -165,3 +165,5 @@ def test_rate_and_emptied_step_formulas() -> None:
     step = emptied_step({**counts, "after_local": 0, "after_refinement": 0})
     assert step is not None and step.step == "local re-clustering"  # the first emptying step
     assert emptied_step({**counts, "after_local": 5, "after_refinement": 3}) is None
+    later = emptied_step({**counts, "after_local": 5, "after_refinement": 3, "after_small_filter": 0})
+    assert later is not None and (later.step, later.num_before) == ("small filter", 3)  # a step added later

@@ -61,11 +61,14 @@ def emptied_step(counts: Mapping[str, int]) -> EmptiedStep | None:
 
     Args:
         counts: masks after each step, keyed by the field names of
-            :class:`~.self_exploration.ExplorationCounts`.
+            :class:`~.self_exploration.ExplorationCounts`. Fields ``after_<step>`` beyond the
+            known ones are taken as later steps, in the order given (a post-processing step added
+            to the pipeline is named without a change here).
 
     Returns:
-        None when masks are left after every known step.
+        None when masks are left after every step.
     """
+    last = None
     for before, after, step, hint in _STEPS:
         if after not in counts or (before is not None and before not in counts):
             return None
@@ -74,6 +77,16 @@ def emptied_step(counts: Mapping[str, int]) -> EmptiedStep | None:
             return EmptiedStep(step=step, num_before=num_before, hint=hint)
         if int(counts[after]) == 0:
             return None  # nothing entered this step: an earlier one is to blame (reported there)
+        last = after
+    known = {after for _, after, _, _ in _STEPS}
+    for key, value in counts.items():
+        if key.startswith("after_") and key not in known and last is not None:
+            if int(value) == 0:
+                step = key.removeprefix("after_").replace("_", " ")
+                return EmptiedStep(
+                    step=step, num_before=int(counts[last]), hint=f"check the {step} step's settings"
+                )
+            last = key
     return None
 
 
