@@ -153,3 +153,17 @@ def test_an_unreachable_hub_id_is_one_line_without_info_noise(
     )
     flag = "--backbone" if command == "explore" else "--model"
     assert f"pass {flag} DIR" in lines[0] and "hf download org/not-cached --local-dir DIR" in lines[0]
+
+
+def test_no_help_text_shows_raw_rst(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every subcommand's (and data sub-subcommand's) --help is plain text, without ``literals``."""
+    from sohes_hf.cli import main as cli_main
+
+    commands = [[name] for name in cli_main.SUBCOMMANDS]
+    commands += [["data", name] for name in ("make-sa1b-split", "ade20k-to-coco", "convert-labels", "check")]
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            cli_main.main([*command, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: sohes " in text and "``" not in text, (command, text)

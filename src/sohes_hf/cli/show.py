@@ -32,13 +32,28 @@ from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
 
+DESCRIPTION = """\
+Draws, for each selected image NAME, the pictures `sohes segment` makes: NAME.overlay.png (every
+level), NAME.levels.png (one tile per depth: wholes, parts, subparts), NAME.tree.png (the hierarchy
+as thumbnails) and NAME.tree.txt.
+
+LABELS.json is a COCO file (images + annotations), such as the pseudo-labels of `sohes explore`,
+whose parent_id links give the hierarchy (without links every mask is drawn as a whole); it is
+streamed, not loaded whole. Or it is a COCO results list ([{"image_id", "segmentation", "score"}],
+such as `sohes evaluate --save-predictions` writes), with --image-info naming the COCO file that
+gives its images' file names.
+
+Examples:
+  sohes show pseudo/pseudo_labels.shard-00000-of-00001.json photos/ --output pictures/
+  sohes show preds.json val2017/ --image-info instances_val2017.json --images 139 285"""
+
 
 def register(subparsers: Any) -> None:
     """Adds the ``show`` parser to the ``sohes`` command."""
     parser = subparsers.add_parser(
         "show",
         help="draw the masks of a pseudo-label, prediction or ground-truth COCO file as pictures",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
     parser.add_argument("labels", metavar="LABELS.json", type=Path, help="COCO file or COCO results list")
@@ -51,7 +66,7 @@ def register(subparsers: Any) -> None:
         help="images to draw, by file name, file stem or image id (default: the first --max-images)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-images", type=int, default=20, help="images drawn when --images is not given (0: all)"
+        "--max-images", type=int, default=20, help="images drawn when --images is not given; 0 draws all"
     )
     parser.add_argument(
         "--image-info", type=Path, metavar="COCO_JSON",
