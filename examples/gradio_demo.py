@@ -3,7 +3,8 @@
 Needs the optional ``demo`` extra (``pip install "sohes-hf[demo]"``, i.e. gradio; tested with 5.50 and 6.31):
 
     python examples/gradio_demo.py --model path/or/hub-id [--device cuda] [--share] [--port 7860]
-    python examples/gradio_demo.py --snapshot docs/images/demo_page.png   # docs picture, no gradio
+    python examples/gradio_demo.py --snapshot docs/images/demo_page_default.png   # docs picture, no gradio
+    python examples/gradio_demo.py --snapshot docs/images/demo_page.png --snapshot-depth 1
 
 The page shows the overlay of one depth level (0 = wholes, 1 = parts, 2 = subparts; paper
 section 3.2) or of all levels up to it, the hierarchy as a picture and as text. The drawing
@@ -34,6 +35,11 @@ Segmenter = Callable[..., list[dict[str, Any]]]
 
 NO_ENTITIES_TEXT = "no entities above the score threshold"
 HEADER_HEIGHT = 22  # pixels of the labels above the tiles of page_picture
+# The page's settings when it opens (widgets of build_blocks; --snapshot draws the page with them).
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MAX_INSTANCES = 200
+DEFAULT_DEPTH = 0
+DEFAULT_CUMULATIVE = False
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,7 @@ def build_blocks(segmenter: Segmenter) -> Any:
         # gradio refuses a slider whose maximum equals its minimum (0), which an empty or
         # wholes-only result would give: keep the range 0..1 and lock the slider instead.
         deeper = view.slider_maximum > 0
-        slider = gr.Slider(maximum=max(view.slider_maximum, 1), value=0, interactive=deeper)
+        slider = gr.Slider(maximum=max(view.slider_maximum, 1), value=DEFAULT_DEPTH, interactive=deeper)
         return view.state, view.overlay, view.tree, view.text, slider
 
     def change_depth(state: DemoState | None, depth: float, cumulative: bool) -> Any:
@@ -215,12 +221,17 @@ def build_blocks(segmenter: Segmenter) -> Any:
                 type="numpy", format="png", label="entities at the chosen depth", interactive=False
             )
         with gr.Row():
-            threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="score threshold")
-            max_instances = gr.Slider(1, 1000, value=200, step=1, label="max entities")
+            threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="score threshold")
+            max_instances = gr.Slider(1, 1000, value=DEFAULT_MAX_INSTANCES, step=1, label="max entities")
             depth = gr.Slider(
-                0, 3, value=0, step=1, label="depth (0 wholes, 1 parts, 2 subparts)", interactive=False
+                0,
+                3,
+                value=DEFAULT_DEPTH,
+                step=1,
+                label="depth (0 wholes, 1 parts, 2 subparts)",
+                interactive=False,
             )
-            cumulative = gr.Checkbox(value=False, label="also show shallower levels")
+            cumulative = gr.Checkbox(value=DEFAULT_CUMULATIVE, label="also show shallower levels")
         button = gr.Button("Segment", variant="primary")
         tree = gr.Image(type="numpy", format="png", label="hierarchy", interactive=False)
         text = gr.Textbox(label="hierarchy as text", lines=12, interactive=False)
@@ -263,7 +274,10 @@ def main() -> None:
         "--snapshot",
         type=Path,
         help="write page_picture of the synthetic scene of examples/tour.py (hand-written entities, "
-        "no model, no gradio) at depth 1 to this PNG and exit",
+        "no model, no gradio) at the page's default settings to this PNG and exit",
+    )
+    parser.add_argument(
+        "--snapshot-depth", type=int, default=DEFAULT_DEPTH, help="depth slider position of --snapshot"
     )
     args = parser.parse_args()
     if args.snapshot is not None:
@@ -272,8 +286,9 @@ def main() -> None:
         from sohes_hf.visualization import save_image
 
         scene, entities = synthetic_scene()
-        view = run_segmentation(lambda image, **_: entities, scene, 0.5, 200)
-        print(f"wrote {save_image(args.snapshot, page_picture(view, 1, cumulative=False))}")
+        view = run_segmentation(lambda image, **_: entities, scene, DEFAULT_THRESHOLD, DEFAULT_MAX_INSTANCES)
+        picture = page_picture(view, args.snapshot_depth, cumulative=DEFAULT_CUMULATIVE)
+        print(f"wrote {save_image(args.snapshot, picture)}")
         return
     if args.model is None:
         parser.error("--model is required (unless --snapshot)")

@@ -298,3 +298,43 @@ def test_gradio_app_with_empty_wholes_only_and_deep_results(
         )
     finally:
         app.close()
+
+
+def test_snapshot_draws_the_page_at_its_default_settings(
+    demo: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18, item 5: docs/images/demo_page_default.png is the page as it opens (no browser here).
+
+    The widget values of the built app are the DEFAULT_* constants that ``--snapshot`` draws with.
+    """
+    import subprocess
+
+    from PIL import Image
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    pytest.importorskip("gradio")
+    app = demo.build_blocks(FakeSegmenter())
+    values = {
+        component["props"].get("label"): component["props"].get("value")
+        for component in app.config["components"]
+        if "label" in component.get("props", {})
+    }
+    assert values["score threshold"] == demo.DEFAULT_THRESHOLD
+    assert values["max entities"] == demo.DEFAULT_MAX_INSTANCES
+    assert values["depth (0 wholes, 1 parts, 2 subparts)"] == demo.DEFAULT_DEPTH
+    assert values["also show shallower levels"] is demo.DEFAULT_CUMULATIVE
+    output = tmp_path / "page.png"
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    subprocess.run(
+        [sys.executable, str(REPO / "examples" / "gradio_demo.py"), "--snapshot", str(output)],
+        check=True, capture_output=True, timeout=300, env=env,
+    )  # fmt: skip
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        from tour import synthetic_scene
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    scene, entities = synthetic_scene()
+    view = demo.run_segmentation(lambda image, **_: entities, scene, 0.5, 200)
+    expected = demo.page_picture(view, 0, cumulative=False)
+    np.testing.assert_array_equal(np.array(Image.open(output).convert("RGB")), expected)

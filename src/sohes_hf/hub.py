@@ -14,12 +14,19 @@ T = TypeVar("T")
 
 
 class HubUnreachableError(OSError):
-    """``name`` is not a local folder, is not cached, and the Hub could not be reached."""
+    """``name`` is not a local folder, is not cached, and the Hub could not be reached.
 
-    def __init__(self, name: str, reason: str) -> None:
+    Attributes:
+        name: the Hub id that could not be downloaded.
+        reason: why ("offline mode is enabled", "no network and no cached copy", ...).
+        flag: the command-line flag that takes a local folder instead (named in the CLI's message).
+    """
+
+    def __init__(self, name: str, reason: str, flag: str = "--backbone") -> None:
         super().__init__(f"could not reach the Hugging Face Hub to download {name} ({reason})")
         self.name = name
         self.reason = reason
+        self.flag = flag
 
 
 def _unreachable_reason(error: BaseException) -> str | None:
@@ -50,7 +57,18 @@ def load_from_hub_or_folder(loader: Callable[..., T], name: str, *args: Any, **k
     try:
         return loader(name, *args, **kwargs)
     except OSError as error:
-        reason = _unreachable_reason(error)
-        if reason is None:
-            raise
-        raise HubUnreachableError(name, reason) from error
+        raise_if_hub_unreachable(error, name)
+        raise
+
+
+def raise_if_hub_unreachable(error: BaseException, name: str, flag: str = "--backbone") -> None:
+    """Raises :class:`HubUnreachableError` (from ``error``) when ``error`` means "no Hub access".
+
+    For callers that catch a loading error themselves (``pipeline(...)`` raises ``OSError`` or
+    ``ValueError``); ``flag`` is the command-line flag that takes a local folder instead.
+    """
+    if isinstance(error, HubUnreachableError):
+        raise HubUnreachableError(error.name, error.reason, flag) from error
+    reason = _unreachable_reason(error)
+    if reason is not None:
+        raise HubUnreachableError(name, reason, flag) from error

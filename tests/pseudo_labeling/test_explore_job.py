@@ -256,7 +256,7 @@ def test_resume_with_another_configuration_is_refused(
         tmp_path,
         exploration=SelfExplorationConfig(image_size=64, local_crop_size=32, refiner="none"),
     )
-    with pytest.raises(ValueError, match="self_exploration"):
+    with pytest.raises(ValueError, match=r"self_exploration\.small_region_area_ratio: the journal has"):
         _run(other, extractor)
 
 

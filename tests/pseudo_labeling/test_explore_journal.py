@@ -110,7 +110,7 @@ def test_a_journal_without_header_is_refused(tmp_path: Path) -> None:
 def test_a_header_of_another_job_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     _run(path)
-    with pytest.raises(ValueError, match="differs in: shard_index"):
+    with pytest.raises(ValueError, match="shard_index: the journal has 0, this run has 1"):
         index_journal(path, {**HEADER, "shard_index": 1})
 
 

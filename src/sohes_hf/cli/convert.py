@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sohes_hf.cli.arguments import HelpFormatter
 from sohes_hf.cli.main import CliError
 
 
@@ -19,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="convert an original DINO .pth checkpoint to a transformers ViTModel directory",
         description="Convert an original DINO checkpoint (dino_vitbase8_pretrain.pth or a full training "
         "checkpoint, whose teacher is used) to a transformers ViTModel directory.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--dino-checkpoint", required=True, type=Path, help="original DINO .pth file")
     parser.add_argument(

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sohes_hf.cli.arguments import HelpFormatter
 from sohes_hf.data.sa1b import DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -31,10 +32,27 @@ def _positive_int(flag: str, value: int | None) -> None:
 
 def register(subparsers: Any) -> None:
     """Adds the ``data`` parser and its subcommands."""
-    parser = subparsers.add_parser("data", help="prepare evaluation splits and pseudo-label stores")
+    parser = subparsers.add_parser(
+        "data",
+        help="prepare evaluation splits and pseudo-label stores",
+        description="Prepares data for SOHES (docs/data.md): evaluation splits in COCO form and "
+        "pseudo-label stores for training. `sohes data DATA_COMMAND --help` describes each command.",
+        formatter_class=HelpFormatter,
+    )
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
-    split = commands.add_parser("make-sa1b-split", help="carve a COCO evaluation split from an SA-1B pack")
+    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help_text, description=description, formatter_class=HelpFormatter
+        )
+
+    split = add(
+        "make-sa1b-split",
+        "carve a COCO evaluation split from an SA-1B pack",
+        "Writes the images of an SA-1B pack (sa_XXXXXX.tar, one not used for training) and their "
+        "masks as a COCO evaluation split: DIR/images/ and DIR/annotations.json. Bad records are "
+        "skipped and reported; files are staged and moved into place at the end.",
+    )
     split.add_argument("pack", help="path or URL of an sa_XXXXXX.tar pack not used for training")
     split.add_argument(
         "--output", required=True, type=Path, help="output folder (images/ + annotations.json)"
@@ -42,45 +60,61 @@ def register(subparsers: Any) -> None:
     split.add_argument(
         "--num-images", type=int, default=None, help="stop after N images (default: whole pack)"
     )
-    split.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
+    split.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="skip (and report) images above this many pixels, a decompression-bomb guard",
+    )
     split.set_defaults(func=run, data_func=_make_sa1b_split)
 
-    ade = commands.add_parser("ade20k-to-coco", help="ADE20K instance PNGs -> class-agnostic COCO JSON")
+    ade = add(
+        "ade20k-to-coco",
+        "ADE20K instance PNGs -> class-agnostic COCO JSON",
+        "Converts ADE20K instance maps (<stem>.png beside <stem>.jpg images) into one class-agnostic "
+        "COCO JSON for `sohes evaluate`.",
+    )
     ade.add_argument("--images", required=True, type=Path, help="folder of <stem>.jpg images")
     ade.add_argument("--instances", required=True, type=Path, help="folder of <stem>.png instance maps")
     ade.add_argument("--output", required=True, type=Path, help="COCO JSON to write")
     ade.set_defaults(func=run, data_func=_ade20k_to_coco)
 
-    synthetic = commands.add_parser(
+    synthetic = add(
         "make-synthetic",
-        help="render synthetic hierarchical scenes with exact ground truth (train/ and val/ COCO splits)",
-        description="Renders scenes of figures, houses, trees, vehicles and flowers made of parts and "
+        "render synthetic hierarchical scenes with exact ground truth (train/ and val/ COCO splits)",
+        "Renders scenes of figures, houses, trees, vehicles and flowers made of parts and "
         "subparts, with textures, noise, occlusion and clutter, and writes DIR/{train,val}/images/*.png "
         "and DIR/{train,val}/annotations.json (visible masks, parent_id, depth). Same seed, same bytes.",
     )
     synthetic.add_argument("--output", required=True, type=Path, help="output folder (train/ and val/)")
     synthetic.add_argument("--num-images", type=int, required=True, help="scenes in total (both splits)")
-    synthetic.add_argument("--seed", type=int, default=0, help="fixes every byte of the output (0)")
+    synthetic.add_argument("--seed", type=int, default=0, help="fixes every byte of the output")
+    synthetic.add_argument("--image-size", type=int, default=256, help="side of the square images, >= 32")
     synthetic.add_argument(
-        "--image-size", type=int, default=256, help="side of the square images, >= 32 (256)"
+        "--val-fraction", type=float, default=0.2, help="share of the images in val/, in [0, 1)"
     )
     synthetic.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of the images in val/, in [0, 1) (0.2)"
-    )
-    synthetic.add_argument(
-        "--max-entities", type=int, default=5, help="most entities per scene (5; at least 2 are drawn)"
+        "--max-entities", type=int, default=5, help="most entities per scene (at least 2 are drawn)"
     )
     synthetic.set_defaults(func=run, data_func=_make_synthetic)
 
-    convert = commands.add_parser(
-        "convert-labels", help="pseudo-label JSON shards -> one .arrow (training) or .parquet (storage) file"
+    convert = add(
+        "convert-labels",
+        "pseudo-label JSON shards -> one .arrow (training) or .parquet (storage) file",
+        "Packs pseudo-label COCO files (from `sohes explore`) into one Arrow file, read by training "
+        "without loading it whole, or a Parquet file for storage.",
     )
     convert.add_argument("inputs", nargs="+", help="pseudo-label JSON files or folders of *.json")
     convert.add_argument("--output", required=True, type=Path, help=".arrow or .parquet file to write")
     convert.add_argument("--rows-per-group", type=int, default=16, help="images per row group / record batch")
     convert.set_defaults(func=run, data_func=_convert_labels)
 
-    check = commands.add_parser("check", help="stream images joined with pseudo-labels and print the counts")
+    check = add(
+        "check",
+        "stream images joined with pseudo-labels and print the counts",
+        "Streams the images of SA-1B packs or a folder joined with their pseudo-labels, as training "
+        "reads them, and prints how many examples and masks it found and what it skipped.",
+    )
     source = check.add_mutually_exclusive_group(required=True)
     source.add_argument("--tar", nargs="+", help="SA-1B pack paths or URLs")
     source.add_argument("--image-dir", help="folder of images named as in the pseudo-label file")

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sohes_hf.cli.arguments import check_device
+from sohes_hf.cli.arguments import HelpFormatter, check_device, check_model_path
 from sohes_hf.logging_utils import get_logger
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ def register(subparsers: Any) -> None:
         help="class-agnostic mask AP/AR (up to 1,000 detections) of predictions or a model",
         description="Evaluates class-agnostic masks the COCO way (useCats=0, IoU 0.50:0.95) with up "
         "to --max-detections predictions per image and prints AP, AR_S, AR_M, AR_L, AR x100.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--dataset", action="append", required=True, metavar="NAME=GT_JSON[:IMAGE_ROOT]",
@@ -59,7 +60,7 @@ def register(subparsers: Any) -> None:
         "(scores default to 1.0); NAME= pairs it with a dataset (optional with one dataset)",
     )  # fmt: skip
     source.add_argument("--model", help="model directory or Hub id to run over the dataset images")
-    parser.add_argument("--max-detections", type=int, default=1000, help="predictions kept per image (1000)")
+    parser.add_argument("--max-detections", type=int, default=1000, help="predictions kept per image")
     parser.add_argument("--output", type=Path, help="write the results JSON here (atomically)")
     parser.add_argument(
         "--category-name-contains", metavar="TEXT",
@@ -67,11 +68,11 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     parser.add_argument("--backend", choices=BACKENDS, default="faster_coco_eval", help="COCO evaluator")
     model = parser.add_argument_group("with --model")
-    model.add_argument("--batch-size", type=int, default=1, help="images per forward pass (1)")
-    model.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (cpu)")
+    model.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    model.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     model.add_argument(
         "--threshold", type=float, default=0.0,
-        help="minimum entity score in [0, 1] (0.0: keep the best --max-detections, as AR wants)",
+        help="minimum entity score in [0, 1]; 0 keeps the best --max-detections, as AR wants",
     )  # fmt: skip
     model.add_argument(
         "--save-predictions", type=Path, metavar="DIR",
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     specs = _parse_datasets(args.dataset)
     prediction_files = _pair_predictions(args.predictions, specs) if args.predictions else {}
     _check_options(args, specs)
+    if args.model:
+        check_model_path(args.model)
     segmenter = _load_segmenter(args) if args.model else None
     results = {}
     hierarchy: dict[str, HierarchyMetrics] = {}
@@ -417,10 +420,17 @@ def _pseudo_label_image_map(
 def _load_segmenter(args: argparse.Namespace) -> Any:
     from transformers import pipeline
 
+    from sohes_hf.cli.main import CliError
+    from sohes_hf.hub import raise_if_hub_unreachable
     from sohes_hf.pipelines import TASK_NAME, register_pipeline
 
     register_pipeline()
-    return pipeline(TASK_NAME, model=args.model, device=args.device)  # type: ignore[call-overload]
+    try:
+        return pipeline(TASK_NAME, model=args.model, device=args.device)  # type: ignore[call-overload]
+    except (OSError, ValueError) as error:
+        raise_if_hub_unreachable(error, args.model, flag="--model")
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CliError(f"--model: cannot load {args.model!r}: {first_line}") from error
 
 
 def _check_stored_sizes(images: Sequence[Any]) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from sohes_hf.cli.arguments import check_device
-from sohes_hf.logging_utils import get_logger
+from sohes_hf.cli.arguments import HelpFormatter, check_device
+from sohes_hf.logging_utils import ROOT_LOGGER_NAME, get_logger
 
 logger = get_logger(__name__)
 
@@ -37,11 +38,18 @@ def register(subparsers: Any) -> None:
             "shard in --output; re-running the same command resumes. With --merge DIR, merges the "
             "shard files of DIR into the single COCO file --output."
         ),
+        epilog=(
+            "On a CPU, the defaults (--image-size 1024, --refiner cascadepsp) take minutes per image; "
+            "--image-size 512 --refiner none is the quickest first look."
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "images", nargs="*", help="image folders (recursive), list files (.txt), SA-1B .tar packs"
     )
-    parser.add_argument("--output", required=True, help="output folder (or the merged file with --merge)")
+    parser.add_argument(
+        "--output", required=True, help="output folder (or, with --merge, the merged COCO file)"
+    )
     parser.add_argument("--merge", metavar="DIR", help="merge the shard files of DIR into --output")
     parser.add_argument(
         "--backbone",
@@ -53,7 +61,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--refiner", default="cascadepsp", help="mask refiner: cascadepsp or none")
     parser.add_argument("--refiner-weights", help="folder holding CascadePSP's checkpoint as <folder>/model")
     parser.add_argument("--batch-size", type=int, default=8, help="images or crops per backbone pass")
-    parser.add_argument("--device", help="torch device (default: the accelerate process's device)")
+    parser.add_argument(
+        "--device", help="cpu, cuda, cuda:N or mps (default: the accelerate process's device: a GPU if any)"
+    )
     parser.add_argument("--num-shards", type=int, help="shards (default: accelerate's process count)")
     parser.add_argument(
         "--shard-index", type=int, help="this run's shard (default: accelerate's process index)"
@@ -67,7 +77,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=10, help="images between journal flushes")
     parser.add_argument("--image-size", type=int, default=1024, help="S, the clustering resolution (pixels)")
     parser.add_argument(
-        "--max-image-pixels", type=int, default=None, help="skip images above this many pixels (default 1e8)"
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="skip (and report) images above this many pixels, a decompression-bomb guard (default: 1e8)",
     )
     parser.add_argument(
         "--max-file-bytes",
@@ -77,6 +90,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--precision", default="auto", help="backbone precision: auto, fp32, fp16, bf16")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--pictures",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw the pseudo-labels of the shard's first N images (depth panel, tree) in OUTPUT/pictures",
+    )
     parser.set_defaults(func=run)
 
 
@@ -117,14 +137,101 @@ def run(args: argparse.Namespace) -> int:
         max_side=config.refinement_max_side,
         fast=config.refinement_fast,
     )
+    _warn_if_slow(config, str(extractor.device), extractor.patch_size)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from sohes_hf.data.image_sources import InputListingError
 
     try:
-        summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
+        with logging_redirect_tqdm(loggers=[logging.getLogger(ROOT_LOGGER_NAME)]):
+            summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
     except InputListingError as error:
         raise CliError(f"IMAGES: {error}") from error
+    except (ValueError, FileNotFoundError) as error:
+        _raise_input_error(error, CliError)
+        raise
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if args.pictures and summary.num_labeled:
+        _draw_pictures(summary, job, args.pictures)
+    _check_labelled(summary, job)
     return 0
+
+
+def _draw_pictures(summary: Any, job: Any, count: int) -> None:
+    """Draws the pseudo-labels of the shard's first ``count`` labelled images in OUTPUT/pictures."""
+    from sohes_hf.cli.show import draw_label_pictures, read_labels
+    from sohes_hf.data.image_sources import ImageReader, list_images, shard_entries
+
+    labels = read_labels(summary.paths.annotations, max_images=count)
+    entries = {
+        entry.image_id: entry
+        for entry in shard_entries(list_images(job.inputs), job.num_shards, job.shard_index)
+    }
+    folder = Path(job.output_dir) / "pictures"
+    with ImageReader(job.max_image_pixels, job.exploration.min_image_side) as reader:
+        lines = draw_label_pictures(labels, lambda image: reader.read(entries[int(image["id"])]), folder)
+    for line in lines:
+        logger.info("pictures: %s", line)
+
+
+def _raise_input_error(error: Exception, cli_error: type[Exception]) -> None:
+    """Turns the job's errors about its inputs or output folder into a CLI error naming the flag."""
+    message = str(error)
+    for prefix, flag in (("inputs: ", "IMAGES"), ("output: ", "--output")):
+        if message.startswith(prefix):
+            raise cli_error(f"{flag}: {message[len(prefix) :]}") from error
+
+
+def _warn_if_slow(config: Any, device: str, patch_size: int) -> None:
+    """Says up front when a CPU run at these settings takes minutes per image, and what to change."""
+    if not device.startswith("cpu"):
+        return
+    causes, changes = [], []
+    if config.image_size > 512:
+        patches = (config.image_size // patch_size) ** 2
+        causes.append(f"--image-size {config.image_size} ({patches:,} patches per backbone pass)")
+        changes.append("--image-size 512")
+    if config.refiner == "cascadepsp":
+        causes.append("--refiner cascadepsp (one CascadePSP pass per mask, dozens of masks per image)")
+        changes.append("--refiner none")
+    if causes:
+        logger.warning(
+            "running on CPU with %s: expect minutes per image; for a first look use %s, "
+            "or a GPU (--device cuda)",
+            " and ".join(causes),
+            " ".join(changes),
+        )
+
+
+def _check_labelled(summary: Any, job: Any) -> None:
+    """Fails (one line, exit 1) when the run produced no pseudo-label at all, saying what to check."""
+    from sohes_hf.cli.main import CliFailure
+    from sohes_hf.pseudo_labeling.explore_report import emptied_step
+
+    if summary.num_images == 0:
+        logger.warning(
+            "shard %d of %d has no image: the inputs hold fewer images than shards",
+            job.shard_index,
+            job.num_shards,
+        )
+        return
+    if summary.num_labeled == 0:
+        skipped = json.loads(summary.paths.skipped.read_text(encoding="utf-8"))["skipped"]
+        first = f" (first: {skipped[0]['key']}: {skipped[0]['reason']})" if skipped else ""
+        raise CliFailure(
+            f"no image could be labelled: all {summary.num_images} images were skipped{first}; "
+            f"the reasons are in {summary.paths.skipped}"
+        )
+    if summary.num_masks == 0:
+        emptied = emptied_step(summary.masks_after_step)
+        where = (
+            f": {emptied.step} removed every mask ({emptied.num_before} before it, 0 after); {emptied.hint}"
+            if emptied is not None
+            else f" (masks after each step: {summary.masks_after_step})"
+        )
+        raise CliFailure(
+            f"no pseudo-label was made for any of the {summary.num_labeled} labelled images{where}"
+        )
 
 
 def _run_merge(args: argparse.Namespace, cli_error: type[Exception]) -> int:
@@ -132,12 +239,15 @@ def _run_merge(args: argparse.Namespace, cli_error: type[Exception]) -> int:
 
     if args.images:
         raise cli_error("IMAGES: not used with --merge (give the shard folder as --merge DIR)")
+    if args.pictures:
+        raise cli_error("--pictures: not used with --merge (draw a merged file with `sohes show`)")
     if not Path(args.merge).is_dir():
         raise cli_error(f"--merge: {args.merge} is not a folder")
     try:
         result = merge_shards(args.merge, args.output)
     except (FileNotFoundError, ValueError) as error:
-        raise cli_error(f"--merge: {error}") from error
+        # The library names its argument ("output_dir: ..."); here that folder is --merge DIR.
+        raise cli_error(f"--merge: {str(error).removeprefix('output_dir: ')}") from error
     sys.stdout.write(json.dumps(dataclasses.asdict(result)) + "\n")
     return 0
 
@@ -164,6 +274,8 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
     ):
         if value < 1:
             raise cli_error(f"{flag}: must be a positive integer, got {value}")
+    if args.pictures < 0:
+        raise cli_error(f"--pictures: must be >= 0, got {args.pictures}")
     if args.image_size < 8 or args.image_size % 8 != 0:
         raise cli_error(
             f"--image-size: must be a positive multiple of 8 (the ViT-B/8 patch), got {args.image_size}"

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from sohes_hf import __version__
 from sohes_hf.hub import HubUnreachableError
@@ -41,6 +42,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "sohes_hf.cli.segment",
         "segment images into a hierarchy of entities; write JSON and pictures",
     ),
+    "show": (
+        "sohes_hf.cli.show",
+        "draw the masks of a pseudo-label, prediction or ground-truth COCO file as pictures",
+    ),
 }
 
 
@@ -48,11 +53,19 @@ class CliError(Exception):
     """A user error on the command line; its message names the argument at fault."""
 
 
+class CliFailure(Exception):
+    """The command ran but could not do its job (e.g. nothing could be labelled).
+
+    Printed as one ``sohes: error: ...`` line saying what to check, without the usage; exit 1.
+    """
+
+
 def build_parser(arguments: Sequence[str] = ()) -> argparse.ArgumentParser:
     """Builds the parser, importing only the subcommand module that ``arguments`` name."""
     parser = argparse.ArgumentParser(
         prog="sohes",
         description="SOHES: self-supervised open-world hierarchical entity segmentation.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sohes-hf {__version__}")
     verbosity = parser.add_mutually_exclusive_group()
@@ -72,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``sohes`` command; returns the process exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(arguments)
-    args = parser.parse_args(arguments)
+    args, unknown = parser.parse_known_args(arguments)
+    # A bad flag is reported with the usage of the subcommand it was given to, not the top level's.
+    command_parser = _subcommand_parser(parser, arguments)
+    if unknown:
+        _usage_error(command_parser, f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging("DEBUG" if args.verbose else "WARNING" if args.quiet else None)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -80,10 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CliError as error:
-        parser.error(str(error))  # prints usage and exits with status 2
+        _usage_error(command_parser, str(error))
+    except CliFailure as error:
+        print(f"sohes: error: {error}", file=sys.stderr)
+        return 1
     except HubUnreachableError as error:
         print(
-            f'sohes: error: {error}; pass --backbone DIR with a local copy (see README "Network '
+            f'sohes: error: {error}; pass {error.flag} DIR with a local copy (see README "Network '
             f'and offline use"), or run once with network / `hf download {error.name} --local-dir DIR`',
             file=sys.stderr,
         )
@@ -92,6 +112,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning("interrupted; finished work is saved and re-running the command resumes")
         return 130
     return 1
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Prints ``parser``'s usage and one ``sohes: error:`` line; exits with status 2."""
+    parser.print_usage(sys.stderr)
+    parser.exit(2, f"sohes: error: {message}\n")
+
+
+def _subcommand_parser(parser: argparse.ArgumentParser, arguments: Sequence[str]) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser that ``arguments`` name (``sohes data check`` -> check's)."""
+    current = parser
+    for token in arguments:
+        actions = current._subparsers._group_actions if current._subparsers else []
+        choices = next((a.choices for a in actions if isinstance(a, argparse._SubParsersAction)), None)
+        if choices is None:
+            break
+        found = choices.get(token)
+        if isinstance(found, argparse.ArgumentParser):
+            current = found
+    return current
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``sohes segment``: run a SOHES model on images and write JSON results and pictures.
 
-For every input image ``NAME.ext`` the command writes, under ``--output``:
+Inputs are image files, folders (every image in them, recursively, in name order) and http(s)
+URLs. For every image ``NAME.ext`` the command writes, under ``--output``:
 
 * ``NAME.json``: ``{"image", "width", "height", "entities": [...]}`` with the pipeline's entity
   dicts (RLE masks at the original size, parents before children). Written last, atomically,
@@ -19,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any, cast
 
-from sohes_hf.cli.arguments import check_device
+from sohes_hf.cli.arguments import HelpFormatter, check_device, check_model_path
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -32,19 +33,23 @@ def register(subparsers: Any) -> None:
         help="segment images into a hierarchy of entities; write JSON and pictures",
         description="Runs the hierarchical-segmentation pipeline on images and writes, per image, "
         "NAME.json (entities with RLE masks), pictures and optionally SAM records.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or http(s) URLs")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders of images (recursive) or http(s) URLs",
+    )
     parser.add_argument("--model", required=True, help="model directory or Hub id")
     parser.add_argument("--output", required=True, type=Path, help="output directory (created)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum entity score in [0, 1] (0.5)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="minimum entity score in [0, 1]")
+    parser.add_argument("--max-instances", type=int, default=1000, help="entities kept per image, best first")
     parser.add_argument(
-        "--max-instances", type=int, default=1000, help="entities kept per image, best first (1000)"
+        "--ancestor-threshold", type=float, default=0.5, help="ancestor probability threshold in [0, 1]"
     )
-    parser.add_argument(
-        "--ancestor-threshold", type=float, default=0.5, help="ancestor probability threshold in [0, 1] (0.5)"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (cpu)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (1)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     parser.add_argument("--sam", action="store_true", help="also write NAME.sam.json (SAM records)")
     parser.add_argument("--no-pictures", action="store_true", help="write JSON only")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose NAME.json exists")
@@ -62,8 +67,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise CliError(f"--batch-size: must be a positive integer, got {args.batch_size}")
     check_device(str(args.device))
+    check_model_path(args.model)
     if args.output.exists() and not args.output.is_dir():
         raise CliError(f"--output: {args.output} exists and is not a directory")
+    args.images = _expand_folders(args.images)
     stems: dict[str, str] = {}
     for image in args.images:
         is_url = image.startswith(("http://", "https://"))
@@ -73,6 +80,28 @@ def _check_args(args: argparse.Namespace) -> None:
         if stem in stems:
             raise CliError(f"IMAGE: {stems[stem]} and {image} would both write {stem}.json; rename one")
         stems[stem] = image
+
+
+def _expand_folders(inputs: list[str]) -> list[str]:
+    """Replaces each folder by the image files in it (recursively, in name order)."""
+    from sohes_hf.cli.main import CliError
+    from sohes_hf.data.image_sources import IMAGE_EXTENSIONS
+
+    images: list[str] = []
+    for item in inputs:
+        folder = Path(item)
+        if item.startswith(("http://", "https://")) or not folder.is_dir():
+            images.append(item)
+            continue
+        found = sorted(
+            str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not found:
+            raise CliError(
+                f"IMAGE: no image in folder {item} (looked for files ending in {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        images.extend(found)
+    return images
 
 
 def _check_image_file(image: str) -> None:
@@ -91,27 +120,16 @@ def _check_image_file(image: str) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, image: str, entities: list[dict[str, Any]]) -> Path:
-    from sohes_hf.atomic_io import write_bytes_atomic
+    from sohes_hf.cli.show import write_pictures
     from sohes_hf.exporters import to_sam_records, write_json
     from sohes_hf.pipelines import load_image_input
-    from sohes_hf.visualization import (
-        as_rgb_image,
-        depth_level_panel,
-        format_tree,
-        overlay_entities,
-        render_tree,
-        save_image,
-    )
+    from sohes_hf.visualization import as_rgb_image
 
     stem = Path(image.split("?")[0]).stem or "image"
     picture = as_rgb_image(load_image_input(image))
     height, width = picture.shape[:2]
     if not args.no_pictures:
-        save_image(args.output / f"{stem}.overlay.png", overlay_entities(picture, entities))
-        save_image(args.output / f"{stem}.levels.png", depth_level_panel(picture, entities))
-        save_image(args.output / f"{stem}.tree.png", render_tree(picture, entities))
-        tree_text = format_tree(entities) + "\n"
-        write_bytes_atomic(args.output / f"{stem}.tree.txt", tree_text.encode("utf-8"))
+        write_pictures(args.output, stem, picture, entities)
     if args.sam:
         write_json(args.output / f"{stem}.sam.json", to_sam_records(entities))
     payload = {"image": image, "width": width, "height": height, "entities": entities}
@@ -140,13 +158,16 @@ def run(args: argparse.Namespace) -> int:
 
     from transformers import pipeline
 
+    from sohes_hf.hub import raise_if_hub_unreachable
     from sohes_hf.pipelines import TASK_NAME, register_pipeline
 
     register_pipeline()
     try:
         segmenter = pipeline(cast(Any, TASK_NAME), model=args.model, device=args.device)
     except (OSError, ValueError) as error:
-        raise CliError(f"--model: cannot load {args.model!r}: {error}") from error
+        raise_if_hub_unreachable(error, args.model, flag="--model")
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CliError(f"--model: cannot load {args.model!r}: {first_line}") from error
 
     print(f"{'image':<40} {'entities':>8} {'wholes':>7} {'parts':>6} {'deeper':>7}  output")
     for start in tqdm(range(0, len(pending), args.batch_size), desc="segment", unit="batch"):

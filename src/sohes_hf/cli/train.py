@@ -13,9 +13,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sohes_hf.cli.arguments import HelpFormatter
 from sohes_hf.training.config import PHASES
 
 HELP = "train the model: self-instruction (phase 2) or self-correction (phase 3)"
+DESCRIPTION = """\
+Trains phase 2 (self-instruction, on the pseudo-labels of `sohes explore`) or phase 3
+(self-correction, teacher-student) from a recipe (examples/configs/); prints the saved model folder.
+
+Multi-GPU / multi-node runs are launched through Accelerate:
+  accelerate launch -m sohes_hf.cli.train --phase self-instruction --config recipe.yaml
+  accelerate launch examples/train.py --phase self-correction --config recipe.yaml"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Adds ``sohes train`` to the ``sohes`` command."""
-    parser = subparsers.add_parser("train", help=HELP, description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser("train", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter)
     add_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -86,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sohes_hf.cli.main import CliError
     from sohes_hf.logging_utils import configure_logging
 
-    parser = argparse.ArgumentParser(prog="sohes train", description=HELP)
+    parser = argparse.ArgumentParser(
+        prog="sohes train", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()

@@ -165,10 +165,30 @@ def _parse(line: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 def check_header(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """Raises ValueError naming the header fields in which the journal differs from this job."""
-    different = sorted(key for key in expected if found.get(key) != expected[key])
+    """Raises ValueError naming each field in which the journal differs from this job, with both values.
+
+    Nested settings are named by their dotted path (``self_exploration.image_size``), so the user
+    sees which flag changed, not only its group.
+    """
+    different = _differences(found, expected, "")
     if different:
         raise ValueError(
-            f"output: {path} was written by a different job configuration (differs in: "
-            f"{', '.join(different)}); use another --output folder to start afresh"
+            f"output: {path} was written with other settings ({'; '.join(different)}); resume with the "
+            "settings of the first run, or use another --output folder to start afresh"
         )
+
+
+def _differences(found: Mapping[str, Any], expected: Mapping[str, Any], prefix: str) -> list[str]:
+    """ "name: journal has X, this run has Y" for each field of ``expected`` that ``found`` differs in."""
+    lines = []
+    for key in sorted(expected):
+        name, old, new = f"{prefix}{key}", found.get(key), expected[key]
+        if old == new:
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            lines.extend(_differences(old, new, f"{name}."))
+        elif key == "images_sha256":
+            lines.append(f"{name}: the list of input images differs (other inputs, or moved or new images)")
+        else:
+            lines.append(f"{name}: the journal has {json.dumps(old)}, this run has {json.dumps(new)}")
+    return lines

@@ -182,13 +182,13 @@ def _load_vit(model: nn.Module | str | Path) -> nn.Module:
         raise TypeError(f"model: expected a ViTModel, a Hub id or a folder, got {type(model).__name__}")
     from transformers import ViTModel
 
-    logger.info("loading ViT backbone from %s", model)
     from sohes_hf.hub import load_from_hub_or_folder
 
     vit = load_from_hub_or_folder(
         ViTModel.from_pretrained, str(model), add_pooling_layer=False, attn_implementation="sdpa"
     )
     apply_dino_layer_norm_eps(vit, str(model))
+    logger.info("loaded ViT backbone %s", model)  # after the load: an offline error stays one line
     return vit
 
 
