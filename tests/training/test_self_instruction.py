@@ -37,6 +37,9 @@ CONTRACT_KEYS = {
     "started_at",
     "finished_at",
     "final_loss",
+    "dropped_images",
+    "unreadable_images",
+    "image_substitutions",
 }
 
 

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from sohes_hf.training import SelfCorrectionTrainer, SelfInstructionTrainer, load_training_config
     from sohes_hf.training.checkpointing import CheckpointError
     from sohes_hf.training.config import SelfCorrectionConfig
+    from sohes_hf.training.datasets import TrainingDataError
 
     try:
         config = load_training_config(args.config, args.phase, args.override)
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from error
     except PseudoLabelError as error:  # found when the labels are loaded, before the first step
         raise CliError(f"train_annotations: {error}") from error
+    except TrainingDataError as error:  # too many unreadable images (at load or mid-run)
+        raise CliError(str(error)) from error
     if trainer.accelerator.is_main_process:
         print(result.model_dir)
     return 0

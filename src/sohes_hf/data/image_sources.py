@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -217,15 +218,7 @@ class ImageReader:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(data)) as image:
                     width, height = image.size  # header only: nothing decoded yet
-                    if width * height > self.max_image_pixels:
-                        raise ImageReadError(
-                            f"too large: {width}x{height} = {width * height} pixels exceeds the limit "
-                            f"of {self.max_image_pixels} (decompression-bomb guard)"
-                        )
-                    if min(width, height) < self.min_image_side:
-                        raise ImageReadError(
-                            f"too small: {width}x{height}, shorter side below {self.min_image_side} px"
-                        )
+                    self._check_size(width, height)
                     pixels = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
         except ImageReadError:
             raise
@@ -235,29 +228,80 @@ class ImageReader:
             raise ImageReadError(f"cannot decode: {type(error).__name__}: {error}") from error
         return pixels
 
+    def probe(self, entry: ImageEntry) -> tuple[int, int]:
+        """Checks that an image opens, from its header only: ``(width, height)``, nothing decoded.
+
+        Why: a zero-byte, non-image or cut-header file found at dataset load is left out before
+        training starts instead of failing at some step of a multi-day run. A file whose pixel
+        data is cut passes (only decoding finds that). Plain files are opened with ``O_NONBLOCK``
+        and ``fstat``-checked like :func:`read_regular_file`; Pillow reads a few KB of them.
+
+        Raises:
+            ImageReadError: refused while listing, not a regular file, too large (file or
+                pixels), too small, or not an image Pillow can open.
+        """
+        if entry.problem is not None:
+            raise ImageReadError(entry.problem)
+        try:
+            handle: IO[bytes]
+            if entry.member is None:
+                raw = _open_regular_file(entry.path, self.max_file_bytes, "list image files only")
+                handle = io.BufferedReader(raw)
+            else:  # only the member's first bytes are read (SA-1B packs are not read whole)
+                handle = self._open_member(entry)
+            with warnings.catch_warnings(), handle:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(handle) as image:
+                    width, height = image.size
+        except ImageReadError:
+            raise
+        except Image.DecompressionBombError as error:
+            raise ImageReadError(f"too large: {error}") from error
+        except tarfile.TarError as error:
+            raise ImageReadError(f"cannot read: {type(error).__name__}: {error}") from error
+        except (OSError, ValueError, SyntaxError) as error:  # PIL signals bad headers with these
+            raise ImageReadError(f"cannot open: {type(error).__name__}: {error}") from error
+        self._check_size(width, height)
+        return width, height
+
+    def _check_size(self, width: int, height: int) -> None:
+        if width * height > self.max_image_pixels:
+            raise ImageReadError(
+                f"too large: {width}x{height} = {width * height} pixels exceeds the limit "
+                f"of {self.max_image_pixels} (decompression-bomb guard)"
+            )
+        if min(width, height) < self.min_image_side:
+            raise ImageReadError(f"too small: {width}x{height}, shorter side below {self.min_image_side} px")
+
     def _read_bytes(self, entry: ImageEntry) -> bytes:
         try:
             if entry.member is None:
                 return read_regular_file(entry.path, self.max_file_bytes)
-            tar, members = self._open_tar(entry.path)
-            info = members.get(entry.member)
-            if info is None:
-                raise ImageReadError(f"tar member {entry.member!r} not found in {entry.path} (pack changed?)")
-            if info.size > self.max_file_bytes:
-                raise ImageReadError(
-                    f"too large: tar member {entry.member!r} holds {info.size} bytes, over the limit of "
-                    f"{self.max_file_bytes} (max_file_bytes); raise the limit if the file is genuine"
-                )
-            handle = tar.extractfile(info)  # a regular file: scan_tar keeps no links or devices
-            if handle is None:
-                raise ImageReadError(f"tar member {entry.member!r} is not a regular file")
+            handle = self._open_member(entry)
             with handle:
                 data = handle.read()
-            if len(data) != info.size:
-                raise ImageReadError(f"tar member {entry.member!r} holds {len(data)} of {info.size} bytes")
+            size = self._tars[entry.path][1][str(entry.member)].size
+            if len(data) != size:
+                raise ImageReadError(f"tar member {entry.member!r} holds {len(data)} of {size} bytes")
             return data
         except (OSError, tarfile.TarError) as error:
             raise ImageReadError(f"cannot read: {type(error).__name__}: {error}") from error
+
+    def _open_member(self, entry: ImageEntry) -> IO[bytes]:
+        """The open tar member of ``entry`` (a regular file: scan_tar keeps no links or devices)."""
+        tar, members = self._open_tar(entry.path)
+        info = members.get(str(entry.member))
+        if info is None:
+            raise ImageReadError(f"tar member {entry.member!r} not found in {entry.path} (pack changed?)")
+        if info.size > self.max_file_bytes:
+            raise ImageReadError(
+                f"too large: tar member {entry.member!r} holds {info.size} bytes, over the limit of "
+                f"{self.max_file_bytes} (max_file_bytes); raise the limit if the file is genuine"
+            )
+        handle = tar.extractfile(info)
+        if handle is None:
+            raise ImageReadError(f"tar member {entry.member!r} is not a regular file")
+        return handle
 
     def _open_tar(self, path: str) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]:
         if path not in self._tars:
@@ -317,20 +361,8 @@ def read_regular_file(path: str | Path, max_bytes: int, hint: str = "list image 
     Raises:
         ImageReadError: missing, not a regular file, or too large.
     """
-    try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as error:
-        raise ImageReadError(f"cannot read: {type(error).__name__}: {error}") from error
-    status = os.fstat(descriptor)
-    if not stat.S_ISREG(status.st_mode) or status.st_size > max_bytes:
-        os.close(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise ImageReadError(f"not a regular file ({_file_kind(status.st_mode)}); {hint}")
-        raise ImageReadError(
-            f"too large: {status.st_size} bytes, over the limit of {max_bytes} (max_file_bytes); "
-            "raise the limit if the file is genuine"
-        )
-    with os.fdopen(descriptor, "rb", buffering=0) as handle:
+    with _open_regular_file(path, max_bytes, hint) as handle:
+        status = os.fstat(handle.fileno())
         chunks = []
         # one byte past the stated size catches a file that grew; reads never ask for more
         # than that (an unbuffered read allocates the size it is asked for)
@@ -347,6 +379,28 @@ def read_regular_file(path: str | Path, max_bytes: int, hint: str = "list image 
             f"changed size while read ({status.st_size} bytes, then {len(data)}); retry later"
         )
     return data
+
+
+def _open_regular_file(path: str | Path, max_bytes: int, hint: str) -> io.FileIO:
+    """Opens a regular file of at most ``max_bytes`` bytes, unbuffered (see :func:`read_regular_file`).
+
+    Raises:
+        ImageReadError: missing, not a regular file, or too large.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as error:
+        raise ImageReadError(f"cannot read: {type(error).__name__}: {error}") from error
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode) or status.st_size > max_bytes:
+        os.close(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageReadError(f"not a regular file ({_file_kind(status.st_mode)}); {hint}")
+        raise ImageReadError(
+            f"too large: {status.st_size} bytes, over the limit of {max_bytes} (max_file_bytes); "
+            "raise the limit if the file is genuine"
+        )
+    return io.FileIO(descriptor, "rb")
 
 
 def _file_kind(mode: int) -> str:

@@ -149,7 +149,7 @@ def compressed_rle_pixels(counts: Sequence[bytes], pixels: np.ndarray) -> np.nda
         counts: compressed counts as ASCII ``bytes``.
         pixels: (K,) each string's height * width (a run longer than that is malformed).
     """
-    return _run_length_totals(list(counts), np.asarray(pixels, dtype=np.int64))
+    return _run_length_totals(counts, pixels)
 
 
 def mask_areas(rles: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -354,7 +354,14 @@ def _structurally_checked(rle: Any, name: str) -> tuple[dict[str, Any], bool]:
     raise ValueError(f"{name}: 'counts' must be str, bytes or a list of ints, got {type(counts).__name__}")
 
 
-def _run_length_totals(counts: Sequence[bytes], pixels: np.ndarray | None = None) -> np.ndarray:
+# Strings are decoded in chunks of about this many characters: every temporary array then
+# stays under glibc's mmap threshold (128 KiB of int64) and in cache, instead of being mapped,
+# zero-filled and unmapped anew (3-4x faster than one pass over a whole file's counts; see
+# benchmarks/benchmark_label_checks.py).
+_RLE_CHUNK_CHARS = 1 << 15
+
+
+def _run_length_totals(counts: Sequence[bytes], pixels: np.ndarray) -> np.ndarray:
     """Pixels (K,) int64 described by each compressed counts string; -1 where it is malformed.
 
     The format (pycocotools ``rleToString``): each run is a little-endian sequence of 5-bit
@@ -362,54 +369,80 @@ def _run_length_totals(counts: Sequence[bytes], pixels: np.ndarray | None = None
     the last group the sign; from the fourth run on, runs are coded as deltas to the run two
     places earlier. pycocotools itself reads malformed strings silently into garbage masks.
     ``pixels`` (K,), each string's height*width, also refuses any run or delta larger than the
-    image, which keeps the sums below far from int64 overflow. Only segment sums (``bincount``,
-    ``reduceat``, ``cumsum``) are used: ``np.add.at`` was half the metric's time.
+    image, which keeps the sums below far from int64 overflow. Strings are independent, so they
+    are decoded a chunk at a time (see ``_RLE_CHUNK_CHARS``).
     """
+    counts = list(counts)
     num_strings = len(counts)
+    pixels = np.asarray(pixels, dtype=np.int64)
     lengths = np.fromiter((len(c) for c in counts), dtype=np.int64, count=num_strings)
     totals = np.zeros(num_strings, dtype=np.int64)
-    if lengths.sum() == 0:
+    ends = np.cumsum(lengths)
+    start = 0
+    while start < num_strings:
+        before = int(ends[start - 1]) if start else 0
+        stop = int(np.searchsorted(ends, before + _RLE_CHUNK_CHARS, side="right"))
+        stop = min(max(stop, start + 1), num_strings)
+        totals[start:stop] = _chunk_run_length_totals(
+            counts[start:stop], lengths[start:stop], pixels[start:stop]
+        )
+        start = stop
+    return totals
+
+
+def _chunk_run_length_totals(counts: Sequence[bytes], lengths: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """:func:`_run_length_totals` of a few strings, vectorised over their characters and runs."""
+    num_strings = len(counts)
+    totals = np.zeros(num_strings, dtype=np.int64)
+    if int(lengths.sum()) == 0:
         return totals
-    chars = np.frombuffer(b"".join(counts), dtype=np.uint8).astype(np.int64) - 48
+    groups = np.frombuffer(b"".join(counts), dtype=np.uint8) - np.uint8(48)  # wraps: below "0" is > 63
     string_of_char = np.repeat(np.arange(num_strings), lengths)
-    bad = (chars < 0) | (chars > 63)
-    chars = np.clip(chars, 0, 63)
+    malformed = np.zeros(num_strings, dtype=bool)
+    malformed[string_of_char[groups > 63]] = True
     ends = np.cumsum(lengths)[lengths > 0] - 1
-    # A string ending in "more groups follow" is truncated; forcing a run end there keeps its
-    # last run from spilling into the next string.
-    bad[ends] |= (chars[ends] & 0x20) != 0
-    is_last = (chars & 0x20) == 0
+    is_last = (groups & 0x20) == 0
+    # A string ending in "more groups follow" is cut; forcing a run end there keeps its last
+    # run from spilling into the next string.
+    malformed[string_of_char[ends[~is_last[ends]]]] = True
     is_last[ends] = True
-    run_starts = np.flatnonzero(np.concatenate(([True], is_last[:-1])))
-    run_of_char = np.cumsum(np.concatenate(([False], is_last[:-1])))
-    position = np.arange(chars.size) - run_starts[run_of_char]
-    bad |= position > 11  # over 60 bits: not a run length
-    position = np.minimum(position, 11)
-    values = np.add.reduceat((chars & 0x1F) << (5 * position), run_starts)
     last = np.flatnonzero(is_last)
-    negative = (chars[last] & 0x10) != 0
-    values[negative] -= np.left_shift(1, 5 * (position[last][negative] + 1))
-    string_of_run = string_of_char[run_starts]
-    malformed = np.bincount(string_of_char, weights=bad, minlength=num_strings) > 0
-    if pixels is not None:
-        too_big = np.abs(values) > pixels[string_of_run]
-        malformed |= np.bincount(string_of_run, weights=too_big, minlength=num_strings) > 0
-        values = np.where(too_big, 0, values)
-    # Undo the delta coding: runs[j] = values[j] + runs[j - 2] for j >= 3, i.e. cumulative sums
-    # along three chains per string: j = 0, odd j, and even j >= 2 (global cumsums, rebased at
-    # each string's first run).
+    starts = np.empty_like(last)
+    starts[0] = 0
+    starts[1:] = last[:-1] + 1
+    run_length = last - starts + 1
+    malformed[string_of_char[starts[run_length > 12]]] = True  # over 60 bits: not a run length
+    payload = (groups & 0x1F).astype(np.int64)
+    values = payload[starts]
+    longer = np.flatnonzero(run_length > 1)  # most runs are one or two groups long
+    for group in range(1, 12):
+        if longer.size == 0:
+            break
+        values[longer] += payload[starts[longer] + group] << (5 * group)
+        longer = longer[run_length[longer] > group + 1]
+    negative = np.flatnonzero((groups[last] & 0x10) != 0)
+    values[negative] -= np.left_shift(1, 5 * np.minimum(run_length[negative], 12))
+    string_of_run = string_of_char[starts]
+    too_big = np.abs(values) > pixels[string_of_run]
+    malformed[string_of_run[too_big]] = True
+    values[too_big] = 0
+    # Undo the delta coding, runs[j] = values[j] + runs[j - 2] for j >= 3: cumulative sums over
+    # each parity class of the run index, rebased at each string's first run (run 0 stands
+    # alone; the odd chain starts at run 1, the even one at run 2).
+    num_runs = values.size
+    cumulative = np.empty_like(values)
+    cumulative[0::2] = np.cumsum(values[0::2])
+    cumulative[1::2] = np.cumsum(values[1::2])
     has_runs = np.bincount(string_of_run, minlength=num_strings) > 0
-    first_run = np.searchsorted(string_of_run, np.arange(num_strings))
-    local = np.arange(values.size) - first_run[string_of_run]
-    odd = (local % 2) == 1
-    even = (local >= 2) & ~odd
-    runs = values.copy()
-    for chain in (odd, even):
-        cumulative = np.cumsum(np.where(chain, values, 0))
-        before = np.concatenate(([0], cumulative))[first_run]  # chain sum before each string
-        runs[chain] = (cumulative - before[string_of_run])[chain]
-    malformed |= np.bincount(string_of_run, weights=runs < 0, minlength=num_strings) > 0
-    totals[has_runs] = np.add.reduceat(runs, first_run[has_runs])
+    first_run = np.minimum(np.searchsorted(string_of_run, np.arange(num_strings)), num_runs - 1)
+    before_odd = np.concatenate(([0], cumulative))[first_run]  # cumulative[first - 1]
+    before_even = cumulative[first_run]  # cumulative[first]: run 0 is not in the even chain
+    odd = ((np.arange(num_runs) - first_run[string_of_run]) & 1).astype(bool)
+    runs = cumulative - np.where(odd, before_odd[string_of_run], before_even[string_of_run])
+    firsts = first_run[has_runs]
+    runs[firsts] = values[firsts]
+    malformed[string_of_run[runs < 0]] = True
+    totals[has_runs] = np.add.reduceat(runs, firsts)
     totals[malformed] = -1
     return totals
 

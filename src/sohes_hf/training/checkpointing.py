@@ -60,12 +60,22 @@ class TrainerState:
         window_sums: loss name -> sum over the micro-batches of the current logging window.
         window_count: micro-batches in the current logging window.
         last_logged_loss: mean total loss of the last completed logging window (NaN before).
+        unreadable_images: file names of the images that failed to decode mid-run (sorted).
+        image_substitutions: examples in which such an image was replaced by another.
     """
 
     global_step: int = 0
     window_sums: dict[str, float] = field(default_factory=dict)
     window_count: int = 0
     last_logged_loss: float = float("nan")
+    unreadable_images: list[str] = field(default_factory=list)
+    image_substitutions: int = 0
+
+    def add_substitutions(self, names: list[str]) -> None:
+        """Counts the images of one batch that were replaced (``TrainingBatch.substituted``)."""
+        if names:
+            self.image_substitutions += len(names)
+            self.unreadable_images = sorted(set(self.unreadable_images) | set(names))
 
     def add_to_window(self, sums: dict[str, float], count: int) -> None:
         """Adds one optimizer step's loss sums over ``count`` micro-batches to the window."""
@@ -79,6 +89,8 @@ class TrainerState:
             "window_sums": dict(self.window_sums),
             "window_count": self.window_count,
             "last_logged_loss": self.last_logged_loss,
+            "unreadable_images": list(self.unreadable_images),
+            "image_substitutions": self.image_substitutions,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -86,6 +98,9 @@ class TrainerState:
         self.window_sums = {str(k): float(v) for k, v in state["window_sums"].items()}
         self.window_count = int(state["window_count"])
         self.last_logged_loss = float(state["last_logged_loss"])
+        # absent from checkpoints written before mid-run image substitution existed
+        self.unreadable_images = sorted(str(name) for name in state.get("unreadable_images", []))
+        self.image_substitutions = int(state.get("image_substitutions", 0))
 
 
 def checkpoint_dir(output_dir: str, step: int) -> str:

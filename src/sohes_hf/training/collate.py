@@ -8,7 +8,7 @@ the S x S canvas and no padding is added).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +23,7 @@ class TrainingExample:
         mask_labels: (M, H, W) bool (converted to float on the device, see the trainers).
         class_labels: (M,) int64, all 0 (entity).
         ancestor_labels: (M, M) float32, [i, j] = 1 when mask i is an ancestor of mask j.
+        substituted: file names of images that failed to decode and were replaced in this example.
     """
 
     pixel_values: torch.Tensor
@@ -30,6 +31,7 @@ class TrainingExample:
     mask_labels: torch.Tensor
     class_labels: torch.Tensor
     ancestor_labels: torch.Tensor
+    substituted: tuple[str, ...] = ()
 
 
 @dataclass
@@ -42,12 +44,15 @@ class SelfCorrectionExample:
         strong_pixel_values: (3, H, W) strong(I2): the same geometry as weak(I2) plus photometric
             changes, so the teacher's masks need no re-mapping.
         pixel_mask: (H, W) int64 valid region of I2.
+        substituted: file names of images (I1, its copy-paste source, I2) that failed to decode
+            and were replaced.
     """
 
     initial: TrainingExample
     weak_pixel_values: torch.Tensor
     strong_pixel_values: torch.Tensor
     pixel_mask: torch.Tensor
+    substituted: tuple[str, ...] = ()
 
 
 @dataclass
@@ -60,6 +65,7 @@ class TrainingBatch:
         mask_labels: B tensors (M_i, H, W) bool.
         class_labels: B tensors (M_i,) int64.
         ancestor_labels: B tensors (M_i, M_i) float32.
+        substituted: file names of the images replaced in this batch (see ``TrainingExample``).
     """
 
     pixel_values: torch.Tensor
@@ -67,6 +73,7 @@ class TrainingBatch:
     mask_labels: list[torch.Tensor]
     class_labels: list[torch.Tensor]
     ancestor_labels: list[torch.Tensor]
+    substituted: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainingBatch:
         """Moves every tensor (used by Accelerate's device placement)."""
@@ -76,6 +83,7 @@ class TrainingBatch:
             mask_labels=[t.to(device, non_blocking=non_blocking) for t in self.mask_labels],
             class_labels=[t.to(device, non_blocking=non_blocking) for t in self.class_labels],
             ancestor_labels=[t.to(device, non_blocking=non_blocking) for t in self.ancestor_labels],
+            substituted=self.substituted,
         )
 
     def __len__(self) -> int:
@@ -90,12 +98,14 @@ class SelfCorrectionBatch:
         initial: the strong(I1) batch with initial pseudo-labels.
         weak_pixel_values, strong_pixel_values: (B, 3, H, W) views of I2.
         pixel_mask: (B, H, W) int64 valid region of I2.
+        substituted: file names of the images replaced in this batch (I1 and I2 halves).
     """
 
     initial: TrainingBatch
     weak_pixel_values: torch.Tensor
     strong_pixel_values: torch.Tensor
     pixel_mask: torch.Tensor
+    substituted: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SelfCorrectionBatch:
         """Moves every tensor (used by Accelerate's device placement)."""
@@ -104,6 +114,7 @@ class SelfCorrectionBatch:
             weak_pixel_values=self.weak_pixel_values.to(device, non_blocking=non_blocking),
             strong_pixel_values=self.strong_pixel_values.to(device, non_blocking=non_blocking),
             pixel_mask=self.pixel_mask.to(device, non_blocking=non_blocking),
+            substituted=self.substituted,
         )
 
     def __len__(self) -> int:
@@ -136,6 +147,7 @@ def collate_training_examples(examples: Sequence[TrainingExample]) -> TrainingBa
         mask_labels=[_pad_to(e.mask_labels, height, width) for e in examples],
         class_labels=[e.class_labels for e in examples],
         ancestor_labels=[e.ancestor_labels for e in examples],
+        substituted=[name for e in examples for name in e.substituted],
     )
 
 
@@ -153,4 +165,5 @@ def collate_self_correction_examples(examples: Sequence[SelfCorrectionExample]) 
         weak_pixel_values=torch.stack([_pad_to(e.weak_pixel_values, height, width) for e in examples]),
         strong_pixel_values=torch.stack([_pad_to(e.strong_pixel_values, height, width) for e in examples]),
         pixel_mask=torch.stack([_pad_to(e.pixel_mask, height, width) for e in examples]),
+        substituted=[name for e in examples for name in (*e.initial.substituted, *e.substituted)],
     )

@@ -132,6 +132,9 @@ class TrainingConfig:
             1024 px on GPUs with less memory than the paper's]
         seed: seed of data order, augmentation and initialisation.
         num_workers: data-loader worker processes.
+        max_unreadable_fraction: images that do not open at load or fail to decode mid-run are
+            left out or replaced (and counted in the training record); more than this fraction
+            of the training images stops the run with an error. [not in paper]
         logging_steps: log loss components and lr every this many optimizer steps.
         checkpointing_steps: save a resumable checkpoint every this many optimizer steps; 0 disables.
         checkpoints_total_limit: keep at most this many checkpoints (oldest deleted); None keeps all.
@@ -163,6 +166,7 @@ class TrainingConfig:
     activation_checkpointing: bool = False
     seed: int = 0
     num_workers: int = 0
+    max_unreadable_fraction: float = 0.01
     logging_steps: int = 20
     checkpointing_steps: int = 1000
     checkpoints_total_limit: int | None = 3
@@ -175,6 +179,8 @@ class TrainingConfig:
         """Raises ValueError naming the first invalid field."""
         self._validate_sizes()
         self._validate_optimization()
+        if not 0.0 <= self.max_unreadable_fraction <= 1.0:
+            raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {self.max_unreadable_fraction}")
         if self.logging_steps < 1:
             raise ValueError(f"logging_steps must be >= 1, got {self.logging_steps}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:

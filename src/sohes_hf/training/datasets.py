@@ -10,6 +10,17 @@ generator seeded with (seed, s, p). Data order and augmentations are therefore a
 the seed and the number of samples consumed, which is what lets ``--resume`` continue bit-for-bit
 (the sampler restarts at the consumed position; no worker RNG is involved). Map-style access is
 required for that, so the SA-1B tars are read by member, not streamed.
+
+Unreadable images never stop a run by themselves. At load every image's header is opened
+(:meth:`ImageReader.probe`, nothing decoded) and the ones that fail are left out, logged with
+their names. An image that fails only when decoded mid-run is replaced by the next image index
+that decodes (``(i + 1) mod N``, ...), with a WARNING naming both; the augmentation is still the
+one of the original stream position, so the substitute is a pure function of the data and
+(seed, stream position) and a resumed run makes the same substitution. The examples carry the
+names of the images they replaced (``substituted``) so the trainer counts them in its
+checkpointed state and the training record. More unreadable images than
+``max_unreadable_fraction`` of all images stops the run with :class:`TrainingDataError`
+(something is wrong with the data, not with a few files).
 """
 
 from __future__ import annotations
@@ -21,8 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from sohes_hf.data.image_sources import ImageEntry, ImageReader, list_images
+from sohes_hf.data.image_sources import ImageEntry, ImageReader, ImageReadError, list_images
 from sohes_hf.data.pseudo_label_checks import PseudoLabelError
 from sohes_hf.data.pseudo_label_store import PseudoLabelStore, open_pseudo_label_store, targets_for_image
 from sohes_hf.logging_utils import get_logger
@@ -43,6 +55,32 @@ logger = get_logger(__name__)
 _INITIAL_STREAM = 0
 _TEACHER_STREAM = 1
 _COPY_PASTE_STREAM = 2
+_NAMES_LOGGED = 20  # unreadable images named in the load-time warning (the rest are counted)
+UNREADABLE_AT_LOAD = "unreadable image (its header does not open)"
+
+
+class TrainingDataError(ValueError):
+    """The training images cannot be used (too many unreadable); the message says what to do."""
+
+
+def check_unreadable_fraction(
+    num_unreadable: int, num_images: int, max_fraction: float, where: str, names: Sequence[str]
+) -> None:
+    """Stops a run whose unreadable images exceed ``max_fraction`` of ``num_images``.
+
+    Args:
+        names: some unreadable images, named in the message.
+
+    Raises:
+        TrainingDataError: ``num_unreadable > max_fraction * num_images``.
+    """
+    if num_unreadable > max_fraction * num_images:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise TrainingDataError(
+            f"{where}: {num_unreadable} of {num_images} images are unreadable ({shown}), more than "
+            f"max_unreadable_fraction={max_fraction}; fix or re-download them, remove them, or raise "
+            "max_unreadable_fraction in the recipe"
+        )
 
 
 @dataclass
@@ -67,17 +105,30 @@ class PseudoLabelledImages:
         train_annotations: pseudo-label COCO JSON file(s)/folder or a ``.parquet`` store.
         image_root: folder, list file or SA-1B ``.tar`` pack(s) (several joined with ``os.pathsep``).
         require_labels: skip images without any pseudo-label mask (they teach only "no object").
+        max_unreadable_fraction: unreadable images tolerated, as a fraction of the labelled
+            images found (at load here, and mid-run in the trainer).
 
     Attributes:
         num_dropped: images left out, per reason (also logged as warnings): listed but without
             labels, labelled but not found, unreadable, or with no annotation.
+        num_unreadable_at_load: labelled images left out because they do not open.
 
     Raises:
         FileNotFoundError: a path does not exist.
         ValueError: no image of ``image_root`` has pseudo-labels.
+        TrainingDataError: more than ``max_unreadable_fraction`` of the images do not open.
     """
 
-    def __init__(self, train_annotations: str, image_root: str, require_labels: bool = True) -> None:
+    def __init__(
+        self,
+        train_annotations: str,
+        image_root: str,
+        require_labels: bool = True,
+        max_unreadable_fraction: float = 0.01,
+    ) -> None:
+        if not 0.0 <= max_unreadable_fraction <= 1.0:
+            raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {max_unreadable_fraction}")
+        self.max_unreadable_fraction = max_unreadable_fraction
         roots = [p for p in str(image_root).split(os.pathsep) if p]
         for root in roots:
             if not os.path.exists(root):
@@ -101,6 +152,8 @@ class PseudoLabelledImages:
                 entries.append((entry, image_id))
                 continue
             dropped.setdefault(reason, []).append(entry.file_name)
+        entries = self._openable(entries, dropped)
+        self.num_unreadable_at_load = len(dropped.get(UNREADABLE_AT_LOAD, []))
         self.num_dropped = {reason: len(names) for reason, names in dropped.items()}
         if len(self.store) > num_matched:
             self.num_dropped["in the pseudo-label file but no such file under image_root"] = (
@@ -116,9 +169,36 @@ class PseudoLabelledImages:
                 f"no image under image_root={image_root!r} has pseudo-labels in {train_annotations!r} "
                 "(images are joined on file_name)"
             )
+        check_unreadable_fraction(
+            self.num_unreadable_at_load,
+            len(entries) + self.num_unreadable_at_load,
+            max_unreadable_fraction,
+            f"image_root {image_root}",
+            dropped.get(UNREADABLE_AT_LOAD, []),
+        )
         self.entries = entries
         self._reader: ImageReader | None = None
         logger.info("training on %d pseudo-labelled images", len(entries))
+
+    @staticmethod
+    def _openable(
+        entries: list[tuple[ImageEntry, int]], dropped: dict[str, list[str]]
+    ) -> list[tuple[ImageEntry, int]]:
+        """The entries whose image header opens; the others go to ``dropped`` (and are logged)."""
+        kept = []
+        with ImageReader() as reader:
+            progress = tqdm(entries, desc="checking image headers", disable=len(entries) < 10_000)
+            for entry, image_id in progress:
+                try:
+                    reader.probe(entry)
+                except ImageReadError as error:
+                    names = dropped.setdefault(UNREADABLE_AT_LOAD, [])
+                    if len(names) < _NAMES_LOGGED:
+                        logger.warning("image %s does not open, left out: %s", entry.file_name, error.reason)
+                    names.append(entry.file_name)
+                    continue
+                kept.append((entry, image_id))
+        return kept
 
     def _num_labels(self, image_id: int) -> int:
         labels = self.store.get(image_id)
@@ -131,6 +211,7 @@ class PseudoLabelledImages:
         """Decodes image ``index`` and its masks.
 
         Raises:
+            ImageReadError: the image cannot be read or decoded.
             ValueError: the pseudo-label masks do not have the image's size.
         """
         entry, image_id = self.entries[index]
@@ -183,7 +264,9 @@ class _PositionStream:
         return int(self._permutation[offset])
 
 
-def _to_example(sample: AugmentedSample, config: AugmentationConfig) -> TrainingExample:
+def _to_example(
+    sample: AugmentedSample, config: AugmentationConfig, substituted: Sequence[str] = ()
+) -> TrainingExample:
     parents = sample.parents.numpy()
     return TrainingExample(
         pixel_values=normalize_image(sample.image, sample.valid, config.image_mean, config.image_std),
@@ -191,6 +274,7 @@ def _to_example(sample: AugmentedSample, config: AugmentationConfig) -> Training
         mask_labels=sample.masks,
         class_labels=torch.zeros(sample.masks.shape[0], dtype=torch.long),
         ancestor_labels=torch.from_numpy(ancestor_matrix(parents).astype(np.float32)),
+        substituted=tuple(substituted),
     )
 
 
@@ -205,20 +289,42 @@ class _AugmentingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def _load(self, index: int, substituted: list[str]) -> LabelledImage:
+        """Image ``index``, or the next index that decodes (names of the failed ones appended).
+
+        Raises:
+            TrainingDataError: no image decodes.
+        """
+        num_images = len(self.images)
+        for step in range(num_images):
+            candidate = (index + step) % num_images
+            try:
+                return self.images.load(candidate)
+            except ImageReadError as error:
+                name = self.images.entries[candidate][0].file_name
+                substituted.append(name)
+                logger.warning(
+                    "image %s cannot be decoded (%s); image %s is used in its place",
+                    name,
+                    error.reason,
+                    self.images.entries[(candidate + 1) % num_images][0].file_name,
+                )
+        raise TrainingDataError(f"image_root: none of the {num_images} training images can be decoded")
+
     def _jitter(self, image: LabelledImage, generator: torch.Generator) -> AugmentedSample:
         return weak_augmentation(image.image, image.masks, image.parents, self.config, generator)
 
-    def _initial_sample(self, position: int, photometric: bool) -> AugmentedSample:
+    def _initial_sample(self, position: int, photometric: bool, substituted: list[str]) -> AugmentedSample:
         """strong/standard view of stream-0 image at ``position``: LSJ, flip, copy-paste."""
         c = self.config
         generator = _generator(self.seed, _INITIAL_STREAM, position)
         index = self._streams[_INITIAL_STREAM].index(position)
-        sample = self._jitter(self.images.load(index), generator)
+        sample = self._jitter(self._load(index, substituted), generator)
         if len(self.images) > 1 and float(torch.rand((), generator=generator)) < c.copy_paste_probability:
             other = int(torch.randint(0, len(self.images) - 1, (), generator=generator))
             other += int(other >= index)  # any image but this one
             paste_generator = _generator(self.seed, _COPY_PASTE_STREAM, position)
-            source = self._jitter(self.images.load(other), paste_generator)
+            source = self._jitter(self._load(other, substituted), paste_generator)
             sample = copy_paste(sample, source, c.max_pasted_objects, paste_generator, c.min_mask_area)
         if photometric:
             sample = strong_augmentation(sample, c, generator)
@@ -235,7 +341,9 @@ class SelfInstructionDataset(_AugmentingDataset):
     def __getitem__(self, position: int) -> TrainingExample:
         if position < 0:
             raise IndexError(f"stream position must be >= 0, got {position}")
-        return _to_example(self._initial_sample(position, photometric=False), self.config)
+        substituted: list[str] = []
+        sample = self._initial_sample(position, photometric=False, substituted=substituted)
+        return _to_example(sample, self.config, substituted)
 
 
 class SelfCorrectionDataset(_AugmentingDataset):
@@ -251,16 +359,18 @@ class SelfCorrectionDataset(_AugmentingDataset):
         if position < 0:
             raise IndexError(f"stream position must be >= 0, got {position}")
         c = self.config
-        initial = _to_example(self._initial_sample(position, photometric=True), c)
+        substituted: list[str] = []
+        initial = _to_example(self._initial_sample(position, photometric=True, substituted=substituted), c)
         generator = _generator(self.seed, _TEACHER_STREAM, position)
         index = self._streams[_TEACHER_STREAM].index(position)
-        weak = self._jitter(self.images.load(index), generator)
+        weak = self._jitter(self._load(index, substituted), generator)
         strong = strong_augmentation(weak, c, generator)
         return SelfCorrectionExample(
             initial=initial,
             weak_pixel_values=normalize_image(weak.image, weak.valid, c.image_mean, c.image_std),
             strong_pixel_values=normalize_image(strong.image, weak.valid, c.image_mean, c.image_std),
             pixel_mask=weak.valid.long(),
+            substituted=tuple(substituted),
         )
 
 

@@ -45,6 +45,10 @@ class TrainingRecord:
             "unknown" (a saved model without a record saying so). The model card states it.
         backbone_source: the DINO checkpoint (Hub id or folder), or for "unknown" the model the
             run started from; None for "random".
+        dropped_images: images of the inputs left out at load, per reason (e.g. no labels,
+            unreadable image).
+        unreadable_images: distinct images that failed to decode mid-run (each replaced).
+        image_substitutions: examples in which such an image was replaced by another.
     """
 
     phase: str
@@ -62,6 +66,9 @@ class TrainingRecord:
     sohes_hf_version: str = __version__
     backbone_initialization: str = "unknown"
     backbone_source: str | None = None
+    dropped_images: dict[str, int] = dataclasses.field(default_factory=dict)
+    unreadable_images: int = 0
+    image_substitutions: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of the contract."""

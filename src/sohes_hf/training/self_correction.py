@@ -66,7 +66,11 @@ class SelfCorrectionTrainer(SelfInstructionTrainer):
     def _build_dataset(self) -> Dataset:
         from sohes_hf.training.datasets import PseudoLabelledImages, SelfCorrectionDataset
 
-        images = PseudoLabelledImages(self.config.train_annotations, self.config.image_root)
+        images = PseudoLabelledImages(
+            self.config.train_annotations,
+            self.config.image_root,
+            max_unreadable_fraction=self.config.max_unreadable_fraction,
+        )
         return SelfCorrectionDataset(images, self.config.augmentation, self.config.seed)
 
     def _collate_fn(self) -> Any:

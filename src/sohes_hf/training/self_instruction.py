@@ -178,7 +178,11 @@ class SelfInstructionTrainer:
     def _build_dataset(self) -> Dataset:
         from sohes_hf.training.datasets import PseudoLabelledImages, SelfInstructionDataset
 
-        images = PseudoLabelledImages(self.config.train_annotations, self.config.image_root)
+        images = PseudoLabelledImages(
+            self.config.train_annotations,
+            self.config.image_root,
+            max_unreadable_fraction=self.config.max_unreadable_fraction,
+        )
         return SelfInstructionDataset(images, self.config.augmentation, self.config.seed)
 
     def _collate_fn(self) -> Any:
@@ -309,6 +313,7 @@ class SelfInstructionTrainer:
         if state.global_step < config.max_steps:
             _set_learning_rate(optimizer, self.learning_rate * self.lr_multipliers[state.global_step])
         for batch in loader:
+            self._count_substitutions(batch)
             with accelerator.accumulate(model):
                 loss, components = self.compute_loss(model, batch)
                 accelerator.backward(loss)
@@ -349,6 +354,25 @@ class SelfInstructionTrainer:
                 )
         progress.close()
         return self._finish(model, started_at)
+
+    def _count_substitutions(self, batch: Any) -> None:
+        """Counts the images replaced in ``batch``; stops when too many are unreadable (datasets.py)."""
+        from sohes_hf.training.datasets import PseudoLabelledImages, check_unreadable_fraction
+
+        names = list(getattr(batch, "substituted", []))
+        if not names:
+            return
+        self.state.add_substitutions(names)
+        images = getattr(self.train_dataset, "images", None)
+        if isinstance(images, PseudoLabelledImages):
+            at_load = images.num_unreadable_at_load
+            check_unreadable_fraction(
+                len(self.state.unreadable_images) + at_load,
+                len(images) + at_load,
+                images.max_unreadable_fraction,
+                f"image_root {self.config.image_root} (at step {self.state.global_step + 1})",
+                names,
+            )
 
     def _log(self, learning_rate: float) -> None:
         accelerator, state = self.accelerator, self.state
@@ -398,7 +422,9 @@ class SelfInstructionTrainer:
             final_loss=self.state.last_logged_loss,
             backbone_initialization=initialization,
             backbone_source=source,
+            dropped_images=dict(getattr(getattr(self.train_dataset, "images", None), "num_dropped", {})),
         )
+        record.unreadable_images, record.image_substitutions = self._substitution_counts()
         if accelerator.is_main_process:
             from sohes_hf.modeling.image_processing_sohes import SohesImageProcessor
 
@@ -417,6 +443,23 @@ class SelfInstructionTrainer:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return TrainingResult(model_dir=model_dir, record=record)
+
+    def _substitution_counts(self) -> tuple[int, int]:
+        """Images replaced mid-run, over all processes (each counted its own batches)."""
+        names, count = self.state.unreadable_images, self.state.image_substitutions
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            names = sorted({name for part in gather_object([names]) for name in part})
+            count = sum(gather_object([count]))
+        if names:
+            logger.warning(
+                "%d image(s) could not be decoded and were replaced in %d example(s): %s",
+                len(names),
+                count,
+                ", ".join(names[:20]),
+            )
+        return len(names), count
 
 
 def _segmentation_loss(
