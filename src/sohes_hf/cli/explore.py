@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sohes_hf.cli.arguments import check_device
+from sohes_hf.cli.arguments import check_device, check_writable_folder
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -78,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.images:
         raise CliError("IMAGES: give at least one image folder, list file or tar pack (or use --merge DIR)")
     job, device = _job_from_args(args, CliError)
+    check_writable_folder(args.output)
 
     from sohes_hf.pseudo_labeling.explore_job import run_explore_job
+    from sohes_hf.pseudo_labeling.explore_journal import ExploreOutputError
     from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor
     from sohes_hf.pseudo_labeling.refinement import build_refiner
 
@@ -98,18 +100,26 @@ def run(args: argparse.Namespace) -> int:
         max_side=config.refinement_max_side,
         fast=config.refinement_fast,
     )
-    summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
+    try:
+        summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
+    except ExploreOutputError as error:
+        raise CliError(str(error).replace("output: ", "--output: ", 1)) from error
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
     return 0
 
 
 def _run_merge(args: argparse.Namespace, cli_error: type[Exception]) -> int:
-    from sohes_hf.pseudo_labeling.explore_job import merge_shards
+    from sohes_hf.pseudo_labeling.shard_merge import check_merge_output, merge_shards  # no torch
 
     if args.images:
         raise cli_error("IMAGES: not used with --merge (give the shard folder as --merge DIR)")
     if not Path(args.merge).is_dir():
         raise cli_error(f"--merge: {args.merge} is not a folder")
+    try:
+        check_merge_output(args.merge, args.output)
+    except ValueError as error:
+        raise cli_error(f"--output: {str(error).removeprefix('output_file: ')}") from error
+    check_writable_folder(Path(args.output).parent or ".")
     try:
         result = merge_shards(args.merge, args.output)
     except (FileNotFoundError, ValueError) as error:

@@ -14,7 +14,10 @@ and fsync'ed every ``checkpoint_every`` images and whenever the job stops (also 
 Ctrl-C). Re-running the same command reads the journal, drops a torn last line left by a hard
 kill, and processes only the images not in it, so finished work is never redone or lost and the
 final file equals that of an uninterrupted run, byte for byte. The journal's header records the
-configuration; resuming with a different one raises ``ValueError``. Skipped images (corrupt,
+configuration; resuming with a different one raises ``ExploreOutputError`` (a ``ValueError``).
+One process at a time writes a shard: the run holds ``<shard>.lock`` (:mod:`.shard_lock`), a
+second process on the same shard stops at once naming the first one's PID, and temporary files
+left by a killed run are removed at start. Skipped images (corrupt,
 unreadable, too large or too small) are journaled too and not retried, and so is an image on
 which memory runs out (``MemoryError``, CUDA out of memory): one such image must not stop the
 shard at every resume. Any other error stops the job (it is a bug, not a property of the image).
@@ -62,11 +65,12 @@ from sohes_hf.data.image_sources import (
 from sohes_hf.logging_utils import get_logger
 from sohes_hf.pseudo_labeling.coco_stream import CocoStreamWriter, json_default
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
-from sohes_hf.pseudo_labeling.explore_journal import Journal, index_journal
+from sohes_hf.pseudo_labeling.explore_journal import ExploreOutputError, Journal, index_journal
 from sohes_hf.pseudo_labeling.explore_workers import SerializedExtractor, SerializedRefiner, map_in_threads
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor
 from sohes_hf.pseudo_labeling.refinement import MaskRefiner
 from sohes_hf.pseudo_labeling.self_exploration import ImagePseudoLabels, explore_image
+from sohes_hf.pseudo_labeling.shard_lock import hold_shard_lock
 from sohes_hf.pseudo_labeling.shard_merge import FILE_PREFIX
 from sohes_hf.pseudo_labeling.shard_merge import MergeSummary as MergeSummary  # re-exported
 from sohes_hf.pseudo_labeling.shard_merge import merge_shards as merge_shards  # re-exported
@@ -124,6 +128,12 @@ class ShardPaths:
     annotations: Path
     skipped: Path
     summary: Path
+    lock: Path
+
+    @property
+    def written(self) -> tuple[Path, ...]:
+        """The files the shard's run writes (atomically, except the appended journal)."""
+        return (self.journal, self.annotations, self.skipped, self.summary)
 
     @classmethod
     def of(cls, output_dir: str | Path, shard_index: int, num_shards: int) -> ShardPaths:
@@ -133,6 +143,7 @@ class ShardPaths:
             annotations=stem.with_name(stem.name + ".json"),
             skipped=stem.with_name(stem.name + ".skipped.json"),
             summary=stem.with_name(stem.name + ".summary.json"),
+            lock=stem.with_name(stem.name + ".lock"),
         )
 
 
@@ -199,11 +210,28 @@ def run_explore_job(
 
     Returns:
         The shard's summary (also logged and written to the summary file).
+
+    Raises:
+        ExploreOutputError: the journal belongs to another configuration or is not a journal,
+            or another process is running this shard (:class:`~.shard_lock.ShardBusyError`).
     """
-    start = time.perf_counter()
-    entries = shard_entries(list_images(job.inputs), job.num_shards, job.shard_index)
     paths = ShardPaths.of(job.output_dir, job.shard_index, job.num_shards)
     Path(job.output_dir).mkdir(parents=True, exist_ok=True)
+    with hold_shard_lock(paths.lock, paths.written):
+        return _run_shard(job, paths, extractor, refiner, on_image_done, show_progress)
+
+
+def _run_shard(
+    job: ExploreJobConfig,
+    paths: ShardPaths,
+    extractor: FeatureExtractor,
+    refiner: MaskRefiner,
+    on_image_done: Callable[[int], None] | None,
+    show_progress: bool,
+) -> ExploreSummary:
+    """:func:`run_explore_job` once the shard's lock is held."""
+    start = time.perf_counter()
+    entries = shard_entries(list_images(job.inputs), job.num_shards, job.shard_index)
     header = _header(job, entries)
     offsets = index_journal(paths.journal, header)
     num_resumed = len(offsets)
@@ -400,7 +428,7 @@ def _assemble(
             journal.seek(offsets[entry.key])
             record = json.loads(journal.readline())
             if record.get("key") != entry.key:
-                raise ValueError(
+                raise ExploreOutputError(
                     f"output: journal {paths.journal} changed while the job ran "
                     f"(expected {entry.key} at byte {offsets[entry.key]})"
                 )

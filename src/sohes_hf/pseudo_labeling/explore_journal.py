@@ -23,6 +23,14 @@ from sohes_hf.logging_utils import get_logger
 logger = get_logger(__name__)
 
 
+class ExploreOutputError(ValueError):
+    """The output folder cannot be used as it is (another job's journal, a busy shard).
+
+    A user error, not a bug: the CLI shows its message as one line. A ``ValueError`` so that
+    callers catching the configuration errors of the job keep working.
+    """
+
+
 class Journal:
     """Append-only JSONL file; buffered lines are written, flushed and fsync'ed every N images.
 
@@ -118,7 +126,7 @@ def index_journal(path: Path, header: Mapping[str, Any]) -> dict[str, int]:
             record, problem = _parse(line)
             if number == 1:
                 if record is None or record.get("type") != "header":
-                    raise ValueError(
+                    raise ExploreOutputError(
                         f"output: journal {path} has no header line (line 1: {problem or 'not a header'}); "
                         "it was not written by `sohes explore`: delete it or use another --output folder"
                     )
@@ -165,10 +173,10 @@ def _parse(line: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 def check_header(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """Raises ValueError naming the header fields in which the journal differs from this job."""
+    """Raises ExploreOutputError naming the header fields in which the journal differs from this job."""
     different = sorted(key for key in expected if found.get(key) != expected[key])
     if different:
-        raise ValueError(
+        raise ExploreOutputError(
             f"output: {path} was written by a different job configuration (differs in: "
             f"{', '.join(different)}); use another --output folder to start afresh"
         )
