@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,50 @@ def test_a_killed_run_leaves_no_lock_and_its_temporary_files_are_swept(
     assert not stale.exists() and foreign.exists()
     assert sorted(_journal_keys(out)) == sorted(str(p) for p in image_dir.iterdir())
     assert json.loads(result.stdout)["num_resumed"] >= 1
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four images plus a text file named .png and a zero-byte .jpg (both skipped)."""
+    root = tmp_path_factory.mktemp("mixed_images")
+    for path in image_dir.iterdir():
+        (root / path.name).write_bytes(path.read_bytes())
+    (root / "notes.png").write_text("not an image")
+    (root / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def _limited(max_file_bytes: int) -> Callable[[], None]:
+    def limit() -> None:  # a disk that fills up: writes past max_file_bytes fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    return limit
+
+
+def test_disk_full_mid_run_is_one_line_and_the_resumed_output_is_identical(
+    vit_dir: Path, mixed_dir: Path, tmp_path: Path
+) -> None:
+    args = [*_explore_args(vit_dir, str(mixed_dir)), "--checkpoint-every", "1", "--batch-size", "1"]
+    reference = _sohes(*args, "--output", str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "out"
+    full = subprocess.run(
+        [sys.executable, "-c", "import sys; from sohes_hf.cli.main import main; sys.exit(main())", *args,
+         "--output", str(out)],
+        capture_output=True, text=True, check=False, timeout=300, env=ENV, preexec_fn=_limited(2000),
+    )  # fmt: skip
+    line = _assert_one_line_error(full, "File too large", "re-run the command")
+    assert str(out) in line
+    assert not (out / f"{SHARD}.json").exists()  # no half-written shard file
+    resumed = _sohes(*args, "--output", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["num_resumed"] >= 1
+    for suffix in (".json", ".skipped.json"):
+        assert (out / f"{SHARD}{suffix}").read_bytes() == (
+            tmp_path / "reference" / f"{SHARD}{suffix}"
+        ).read_bytes()
+    skipped = json.loads((out / f"{SHARD}.skipped.json").read_text())["skipped"]
+    assert sorted(Path(s["key"]).name for s in skipped) == ["empty.jpg", "notes.png"]
+    assert all(" at 0x" not in s["reason"] for s in skipped), skipped  # no object address: stable
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]

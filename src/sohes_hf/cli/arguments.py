@@ -29,17 +29,18 @@ def check_writable_folder(folder: str | os.PathLike[str], flag: str = "--output"
     """Creates ``folder`` if needed and writes a probe file in it; CliError naming ``flag`` if not.
 
     Called before a model is loaded, so a read-only or full output disk costs one line at once
-    instead of tracebacks after minutes of work. The probe (one byte, fsync'ed) is removed.
+    instead of tracebacks after minutes of work. The probe (64 bytes, fsync'ed) is removed.
     """
     path = Path(folder)
     try:
         path.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=path, prefix=".sohes-write-check.", suffix=".tmp")
         try:
-            os.write(handle, b"\n")
-            os.fsync(handle)
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(bytes(64))  # needs a block: a full disk refuses it
+                stream.flush()
+                os.fsync(stream.fileno())
         finally:
-            os.close(handle)
             os.unlink(name)
     except OSError as error:
         reason = error.strerror or type(error).__name__

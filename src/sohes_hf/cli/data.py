@@ -114,7 +114,10 @@ def _convert_labels(args: argparse.Namespace) -> int:
     for item in args.inputs:
         if not Path(item).exists():
             raise _cli_error(f"INPUTS: {item} does not exist")
-    count = convert_pseudo_labels(args.inputs, args.output, rows_per_group=args.rows_per_group)
+    try:
+        count = convert_pseudo_labels(args.inputs, args.output, rows_per_group=args.rows_per_group)
+    except ValueError as error:  # a malformed pseudo-label file; the message names it
+        raise _cli_error(f"INPUTS: {error}") from error
     print(f"images\t{count}\noutput\t{args.output}")
     return 0
 

@@ -113,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except OSError as error:
+        if error.filename is None and getattr(args, "output", None) is not None:
+            error.filename = f"--output {args.output}"  # a write to an open file names no path
         line = _storage_error_line(error)
         if line is None:
             raise

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -378,13 +379,22 @@ def _image_record(entry: ImageEntry, labels: ImagePseudoLabels) -> dict[str, Any
     }
 
 
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
 def _skipped_record(entry: ImageEntry, reason: str) -> dict[str, Any]:
+    """The journal line of a skipped image; the reason is made run-independent.
+
+    Decoder messages may embed an object's repr (PIL: ``cannot identify image file <_io.BytesIO
+    object at 0x7f...>``), whose address changes per run, so two identical runs would write
+    different skipped reports: the address is dropped (``<_io.BytesIO>``).
+    """
     return {
         "type": "skipped",
         "key": entry.key,
         "image_id": entry.image_id,
         "file_name": entry.file_name,
-        "reason": reason,
+        "reason": _OBJECT_REPR.sub(r"<\1>", reason),
     }
 
 

@@ -84,12 +84,14 @@ class Journal:
                 handle.write(b"".join(line for _, line in self.pending))
                 handle.flush()
                 os.fsync(handle.fileno())
-        except BaseException:
+        except BaseException as failure:
             self.failed = True
             try:
                 os.truncate(self.path, self.good_size)
             except OSError as error:
                 logger.warning("journal %s: could not truncate a failed write (%s)", self.path, error)
+            if isinstance(failure, OSError) and failure.filename is None:  # name the file (disk full)
+                raise OSError(failure.errno, failure.strerror, str(self.path)) from failure
             raise
         for key, line in self.pending:
             self.offsets[key] = position
