@@ -237,3 +237,16 @@ def test_disk_full_mid_run_is_one_line_and_the_resumed_output_is_identical(
     assert sorted(Path(s["key"]).name for s in skipped) == ["empty.jpg", "notes.png"]
     assert all(" at 0x" not in s["reason"] for s in skipped), skipped  # no object address: stable
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_backbone_folder_that_is_not_a_vit_is_one_line(
+    vit_dir: Path, image_dir: Path, tmp_path: Path
+) -> None:
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "config.json").write_bytes((vit_dir / "config.json").read_bytes())
+    (truncated / "model.safetensors").write_bytes((vit_dir / "model.safetensors").read_bytes()[:1000])
+    for backbone in (tmp_path / "nowhere", truncated):
+        args = _explore_args(vit_dir, str(image_dir), "--output", str(tmp_path / "out"))
+        args[args.index("--backbone") + 1] = str(backbone)
+        _assert_one_line_error(_sohes(*args), "--backbone", str(backbone))

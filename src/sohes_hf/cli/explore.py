@@ -82,17 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
     from sohes_hf.pseudo_labeling.explore_job import run_explore_job
     from sohes_hf.pseudo_labeling.explore_journal import ExploreOutputError
-    from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor
     from sohes_hf.pseudo_labeling.refinement import build_refiner
 
     config = job.exploration
-    extractor = DinoFeatureExtractor(
-        args.backbone,
-        feature_kind=config.feature_kind,
-        device=device,
-        precision=config.precision,
-        batch_size=config.feature_batch_size,
-    )
+    extractor = _load_backbone(args.backbone, config, device, CliError)
     refiner = build_refiner(
         config.refiner,
         weights_folder=args.refiner_weights,
@@ -106,6 +99,34 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(error).replace("output: ", "--output: ", 1)) from error
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
     return 0
+
+
+def _load_backbone(name: str, config: Any, device: str | None, cli_error: type[Exception]) -> Any:
+    """The feature extractor; a folder that is not a loadable ViT is one line naming it."""
+    from safetensors import SafetensorError
+
+    from sohes_hf.hub import HubUnreachableError
+    from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor
+
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise cli_error(f"--backbone: {name} is not a folder; give a ViT model folder or a Hub id")
+    try:
+        return DinoFeatureExtractor(
+            name,
+            feature_kind=config.feature_kind,
+            device=device,
+            precision=config.precision,
+            batch_size=config.feature_batch_size,
+        )
+    except HubUnreachableError:
+        raise  # the CLI's own message: offline, with the local-copy hint
+    except (OSError, ValueError, SafetensorError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise cli_error(
+            f"--backbone: cannot load {name} as a ViT ({type(error).__name__}: {reason[:300]}); "
+            "give a folder with config.json and model.safetensors (transformers ViTModel) or a Hub id"
+        ) from error
 
 
 def _run_merge(args: argparse.Namespace, cli_error: type[Exception]) -> int:
