@@ -131,16 +131,19 @@ class Result:
     stdout: str
     stderr: str
     hung: bool = False
+    timeout: float = TIMEOUT_S
 
 
-def sohes(*args: str, readonly: Path | None = None, max_file_bytes: int | None = None) -> Result:
+def sohes(
+    *args: str, readonly: Path | None = None, max_file_bytes: int | None = None, timeout: float = TIMEOUT_S
+) -> Result:
     process = start(args, readonly, max_file_bytes)
     try:
-        out, err = process.communicate(timeout=TIMEOUT_S)
+        out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         out, err = process.communicate()
-        return Result(-9, out, err, hung=True)
+        return Result(-9, out, err, hung=True, timeout=timeout)
     return Result(process.returncode, out, err)
 
 
@@ -156,7 +159,7 @@ def clean_refusal(result: Result) -> bool:
 def classify(result: Result) -> tuple[str, str]:
     """(verdict, detail) of a bad input's run: handled (clean refusal or success) or crashed."""
     if result.hung:
-        return "crashed", f"hung for {TIMEOUT_S} s"
+        return "crashed", f"hung (killed after {result.timeout:.0f} s)"
     if result.returncode < 0:
         return "crashed", f"killed by signal {-result.returncode}"
     if "Traceback" in result.stderr:
@@ -590,12 +593,10 @@ def inputs_lists(setup: Setup, report: Report) -> None:
         ("a FIFO", fifo),
         ("a folder as an entry", directory_entry),
     ):
-        tried(
-            report,
-            "list file",
-            name,
-            sohes(*setup.explore, str(path), "--output", str(folder / f"out_{path.stem}")),
-        )
+        # a FIFO blocks the reader until a writer comes: three times the reference run is a hang
+        limit = max(60.0, 3 * setup.reference_seconds)
+        result = sohes(*setup.explore, str(path), "--output", str(folder / f"out_{path.stem}"), timeout=limit)
+        tried(report, "list file", name, result)
 
 
 def _rle() -> dict[str, Any]:

@@ -246,7 +246,23 @@ def test_a_backbone_folder_that_is_not_a_vit_is_one_line(
     truncated.mkdir()
     (truncated / "config.json").write_bytes((vit_dir / "config.json").read_bytes())
     (truncated / "model.safetensors").write_bytes((vit_dir / "model.safetensors").read_bytes()[:1000])
-    for backbone in (tmp_path / "nowhere", truncated):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_bytes((vit_dir / "config.json").read_bytes())
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04\x95 not a state dict")  # weights_only refuses it
+    for backbone in (tmp_path / "nowhere", truncated, pickled):
         args = _explore_args(vit_dir, str(image_dir), "--output", str(tmp_path / "out"))
         args[args.index("--backbone") + 1] = str(backbone)
         _assert_one_line_error(_sohes(*args), "--backbone", str(backbone))
+
+
+def test_an_input_that_cannot_be_listed_is_one_line_naming_it(
+    vit_dir: Path, image_dir: Path, tmp_path: Path
+) -> None:
+    not_a_tar = tmp_path / "sa_000001.tar"
+    not_a_tar.write_bytes(bytes(range(256)) * 12)
+    binary_list = tmp_path / "images.txt"
+    binary_list.write_bytes(b"\xff\xfe\x00garbage\x81\n")
+    for bad, needle in ((not_a_tar, "not a readable tar pack"), (binary_list, "not UTF-8 text")):
+        result = _sohes(*_explore_args(vit_dir, str(image_dir), str(bad), "--output", str(tmp_path / "out")))
+        _assert_one_line_error(result, "IMAGES", str(bad), needle)

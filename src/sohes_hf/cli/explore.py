@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     job, device = _job_from_args(args, CliError)
     check_writable_folder(args.output)
 
-    from sohes_hf.pseudo_labeling.explore_job import run_explore_job
+    from sohes_hf.pseudo_labeling.explore_job import ExploreInputError, run_explore_job
     from sohes_hf.pseudo_labeling.explore_journal import ExploreOutputError
     from sohes_hf.pseudo_labeling.refinement import build_refiner
 
@@ -97,12 +97,16 @@ def run(args: argparse.Namespace) -> int:
         summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
     except ExploreOutputError as error:
         raise CliError(str(error).replace("output: ", "--output: ", 1)) from error
+    except ExploreInputError as error:
+        raise CliError(f"IMAGES: {error}") from error
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
     return 0
 
 
 def _load_backbone(name: str, config: Any, device: str | None, cli_error: type[Exception]) -> Any:
     """The feature extractor; a folder that is not a loadable ViT is one line naming it."""
+    from pickle import UnpicklingError
+
     from safetensors import SafetensorError
 
     from sohes_hf.hub import HubUnreachableError
@@ -121,7 +125,7 @@ def _load_backbone(name: str, config: Any, device: str | None, cli_error: type[E
         )
     except HubUnreachableError:
         raise  # the CLI's own message: offline, with the local-copy hint
-    except (OSError, ValueError, SafetensorError) as error:
+    except (OSError, ValueError, SafetensorError, UnpicklingError) as error:  # weights_only refusal too
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise cli_error(
             f"--backbone: cannot load {name} as a ViT ({type(error).__name__}: {reason[:300]}); "

@@ -232,7 +232,7 @@ def _run_shard(
 ) -> ExploreSummary:
     """:func:`run_explore_job` once the shard's lock is held."""
     start = time.perf_counter()
-    entries = shard_entries(list_images(job.inputs), job.num_shards, job.shard_index)
+    entries = shard_entries(_listing(job.inputs), job.num_shards, job.shard_index)
     header = _header(job, entries)
     offsets = index_journal(paths.journal, header)
     num_resumed = len(offsets)
@@ -331,6 +331,40 @@ def _run_shard(
         paths.annotations,
     )
     return summary
+
+
+class ExploreInputError(ValueError):
+    """An input (folder, list file, tar pack) cannot be listed; the message names it."""
+
+
+def _listing(inputs: Sequence[str]) -> list[ImageEntry]:
+    """All images of ``inputs``; ExploreInputError naming the input that cannot be listed.
+
+    A pack that is not a tar, or a list file that is not UTF-8 text, is a user error at the
+    start of the job (nothing is written yet), so it is raised rather than skipped; the inputs
+    are listed one by one only to name the culprit.
+    """
+    try:
+        return list_images(inputs)
+    except (ValueError, OSError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        culprit = ""
+        for item in inputs:
+            try:
+                list_images([item])
+            except (ValueError, OSError):
+                culprit = f"{item}: "
+                break
+        if isinstance(error, UnicodeDecodeError):
+            raise ExploreInputError(
+                f"{culprit}not UTF-8 text ({error.reason} at byte {error.start}); a list file holds one "
+                "image path per line"
+            ) from error
+        message = str(error).removeprefix("inputs: ")
+        if culprit and message.startswith(culprit.rstrip(": ")):
+            culprit = ""
+        raise ExploreInputError(f"{culprit}{message}") from error
 
 
 # --- journal -----------------------------------------------------------------------------------
