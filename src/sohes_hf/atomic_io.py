@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,3 +68,27 @@ def write_json_atomic(
     """
     text = json.dumps(payload, indent=indent, allow_nan=False, default=default)
     return write_text_atomic(path, text + "\n")
+
+
+_TEMPORARY_TAIL = re.compile(r"^\.[a-z0-9_]{8}\.tmp$")  # what mkstemp adds after ``.{name}``
+
+
+def stale_temporary_files(target: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files that :func:`atomic_path` made for ``target`` and did not remove.
+
+    A process killed (SIGKILL, power loss) between creating its temporary file and the rename
+    leaves ``.{name}.XXXXXXXX.tmp`` beside the target, as large as what it was writing. Only the
+    caller can tell that none is still being written (e.g. it holds the lock of every writer of
+    ``target``), so this only lists them, by this module's exact naming pattern.
+    """
+    path = Path(target)
+    head = f".{path.name}"
+    if not path.parent.is_dir():
+        return []
+    return sorted(
+        candidate
+        for candidate in path.parent.iterdir()
+        if candidate.name.startswith(head)
+        and _TEMPORARY_TAIL.match(candidate.name[len(head) :])
+        and candidate.is_file()
+    )

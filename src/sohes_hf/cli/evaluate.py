@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sohes_hf.cli.arguments import HelpFormatter, check_device, check_model_path
+from sohes_hf.cli.arguments import HelpFormatter, check_device, check_model_path, check_writable_folder
 from sohes_hf.logging_utils import get_logger
 
 if TYPE_CHECKING:
@@ -222,6 +222,10 @@ def _check_options(args: argparse.Namespace, specs: Sequence[DatasetSpec]) -> No
         raise CliError(f"--max-detections: must be a positive integer, got {args.max_detections}")
     if args.output is not None and args.output.is_dir():
         raise CliError(f"--output: {args.output} is a directory; give a file name such as results.json")
+    if args.output is not None:
+        check_writable_folder(args.output.parent)  # before minutes of evaluation
+    if args.save_predictions is not None:
+        check_writable_folder(args.save_predictions, "--save-predictions")
     model_only = {
         "--save-predictions": args.save_predictions is not None,
         "--batch-size": args.batch_size != 1,
@@ -349,11 +353,9 @@ def _load_predictions(path: Path, images: Sequence[Any]) -> list[dict[str, Any]]
     truth are ignored with a warning; ``score`` defaults to 1.0 when missing.
     """
     from sohes_hf.data.coco_datasets import segmentation_to_rle
+    from sohes_hf.data.strict_json import loads_finite
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from error
+    data = loads_finite(path.read_text(encoding="utf-8"), str(path))
     gt_index = {int(image.image_id): k for k, image in enumerate(images)}
     if isinstance(data, list):
         records, to_gt = data, gt_index

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sohes_hf.cli.arguments import HelpFormatter, check_device
+from sohes_hf.cli.arguments import HelpFormatter, check_device, check_writable_folder
 from sohes_hf.logging_utils import ROOT_LOGGER_NAME, get_logger
 
 logger = get_logger(__name__)
@@ -109,27 +109,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.images:
         raise CliError("IMAGES: give at least one image folder, list file or tar pack (or use --merge DIR)")
     job, device = _job_from_args(args, CliError)
+    check_writable_folder(args.output)
 
-    from sohes_hf.pseudo_labeling.colour_texture_features import (
-        COLOUR_TEXTURE_BACKBONE,
-        ColourTextureFeatureExtractor,
-    )
-    from sohes_hf.pseudo_labeling.explore_job import run_explore_job
-    from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor
+    from sohes_hf.pseudo_labeling.explore_job import ExploreInputError, run_explore_job
+    from sohes_hf.pseudo_labeling.explore_journal import ExploreOutputError
     from sohes_hf.pseudo_labeling.refinement import build_refiner
 
     config = job.exploration
-    extractor: DinoFeatureExtractor | ColourTextureFeatureExtractor
-    if args.backbone == COLOUR_TEXTURE_BACKBONE:
-        extractor = ColourTextureFeatureExtractor(device=device)
-    else:
-        extractor = DinoFeatureExtractor(
-            args.backbone,
-            feature_kind=config.feature_kind,
-            device=device,
-            precision=config.precision,
-            batch_size=config.feature_batch_size,
-        )
+    extractor = _load_backbone(args.backbone, config, device, CliError)
     refiner = build_refiner(
         config.refiner,
         weights_folder=args.refiner_weights,
@@ -140,12 +127,12 @@ def run(args: argparse.Namespace) -> int:
     _warn_if_slow(config, str(extractor.device), extractor.patch_size)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from sohes_hf.data.image_sources import InputListingError
-
     try:
         with logging_redirect_tqdm(loggers=[logging.getLogger(ROOT_LOGGER_NAME)]):
             summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
-    except InputListingError as error:
+    except ExploreOutputError as error:
+        raise CliError(str(error).replace("output: ", "--output: ", 1)) from error
+    except ExploreInputError as error:
         raise CliError(f"IMAGES: {error}") from error
     except (ValueError, FileNotFoundError) as error:
         _raise_input_error(error, CliError)
@@ -234,8 +221,44 @@ def _check_labelled(summary: Any, job: Any) -> None:
         )
 
 
+def _load_backbone(name: str, config: Any, device: str | None, cli_error: type[Exception]) -> Any:
+    """The feature extractor; a folder that is not a loadable ViT is one line naming it."""
+    from pickle import UnpicklingError
+
+    from safetensors import SafetensorError
+
+    from sohes_hf.hub import HubUnreachableError
+    from sohes_hf.pseudo_labeling.colour_texture_features import (
+        COLOUR_TEXTURE_BACKBONE,
+        ColourTextureFeatureExtractor,
+    )
+    from sohes_hf.pseudo_labeling.features import DinoFeatureExtractor
+
+    if name == COLOUR_TEXTURE_BACKBONE:
+        return ColourTextureFeatureExtractor(device=device)
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise cli_error(f"--backbone: {name} is not a folder; give a ViT model folder or a Hub id")
+    try:
+        return DinoFeatureExtractor(
+            name,
+            feature_kind=config.feature_kind,
+            device=device,
+            precision=config.precision,
+            batch_size=config.feature_batch_size,
+        )
+    except HubUnreachableError:
+        raise  # the CLI's own message: offline, with the local-copy hint
+    except (OSError, ValueError, SafetensorError, UnpicklingError) as error:  # weights_only refusal too
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise cli_error(
+            f"--backbone: cannot load {name} as a ViT ({type(error).__name__}: {reason[:300]}); "
+            "give a folder with config.json and model.safetensors (transformers ViTModel) or a Hub id"
+        ) from error
+
+
 def _run_merge(args: argparse.Namespace, cli_error: type[Exception]) -> int:
-    from sohes_hf.pseudo_labeling.explore_job import merge_shards
+    from sohes_hf.pseudo_labeling.shard_merge import check_merge_output, merge_shards  # no torch
 
     if args.images:
         raise cli_error("IMAGES: not used with --merge (give the shard folder as --merge DIR)")
@@ -243,6 +266,11 @@ def _run_merge(args: argparse.Namespace, cli_error: type[Exception]) -> int:
         raise cli_error("--pictures: not used with --merge (draw a merged file with `sohes show`)")
     if not Path(args.merge).is_dir():
         raise cli_error(f"--merge: {args.merge} is not a folder")
+    try:
+        check_merge_output(args.merge, args.output)
+    except ValueError as error:
+        raise cli_error(f"--output: {str(error).removeprefix('output_file: ')}") from error
+    check_writable_folder(Path(args.output).parent or ".")
     try:
         result = merge_shards(args.merge, args.output)
     except (FileNotFoundError, ValueError) as error:

@@ -8,6 +8,7 @@ is imported only when the command line names it, so ``sohes --help`` does not pa
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -60,6 +61,29 @@ class CliFailure(Exception):
     """
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DENIED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _storage_error_line(error: OSError) -> str | None:
+    """One line for a full or write-protected disk met while writing results, else None.
+
+    Atomic writes and the journal leave finished work intact on such errors, so the line says
+    that re-running resumes; anything else is a bug and keeps its traceback.
+    """
+    where = error.filename or "output"
+    if error.errno in _FULL:
+        return (
+            f"sohes: error: {where}: {error.strerror} while writing; free disk space (or raise the "
+            "quota / file-size limit) and re-run the command: finished work is kept"
+        )
+    if error.errno in _DENIED:
+        return (
+            f"sohes: error: {where}: {error.strerror}; check its permissions (outputs need a writable folder)"
+        )
+    return None
+
+
 def build_parser(arguments: Sequence[str] = ()) -> argparse.ArgumentParser:
     """Builds the parser, importing only the subcommand module that ``arguments`` name."""
     parser = argparse.ArgumentParser(
@@ -108,6 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except OSError as error:
+        if error.filename is None and getattr(args, "output", None) is not None:
+            error.filename = f"--output {args.output}"  # a write to an open file names no path
+        line = _storage_error_line(error)
+        if line is None:
+            raise
+        logger.debug("storage error", exc_info=True)  # the traceback with -v
+        print(line, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         logger.warning("interrupted; finished work is saved and re-running the command resumes")
         return 130

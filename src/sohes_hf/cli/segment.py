@@ -140,10 +140,11 @@ def run(args: argparse.Namespace) -> int:
     """Segments the images; prints one summary line per image; returns the exit code."""
     from tqdm.auto import tqdm
 
+    from sohes_hf.cli.arguments import check_writable_folder
     from sohes_hf.cli.main import CliError
 
     _check_args(args)
-    args.output.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(args.output)  # before the model loads: a read-only disk costs one line
     pending = [
         image
         for image in args.images

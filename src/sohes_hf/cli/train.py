@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         CliError: unreadable or invalid recipe (the message names the field or file).
     """
+    from sohes_hf.cli.arguments import check_writable_folder
     from sohes_hf.cli.main import CliError
     from sohes_hf.data.pseudo_label_checks import PseudoLabelError
     from sohes_hf.training import SelfCorrectionTrainer, SelfInstructionTrainer, load_training_config
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--config: {error}") from error
     except ValueError as error:
         raise CliError(f"--config/--override: {error}") from error
+    check_writable_folder(config.output_dir, "output_dir (recipe or -o output_dir=DIR)")
     try:
         if isinstance(config, SelfCorrectionConfig):
             trainer: SelfInstructionTrainer = SelfCorrectionTrainer(config, cpu=args.cpu)

@@ -12,7 +12,6 @@ the last two URL parts (``val2017/000000397133.jpg``), relative to a COCO root f
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, overload
 
 from pycocotools import mask as mask_utils
 
+from sohes_hf.data.strict_json import loads_finite
 from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
@@ -194,10 +194,7 @@ def _file_name(image: dict[str, Any], where: str) -> str:
 
 def read_coco_json(path: Path, name: str) -> dict[str, Any]:
     """Parses a COCO-style JSON file; ValueError naming it (``name``) when it is not one."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{name} is not valid JSON ({error})") from error
+    data = loads_finite(path.read_text(encoding="utf-8"), name)  # 1e400 refused, not read as inf
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{name}: expected a COCO JSON object with an 'images' list")
     return data

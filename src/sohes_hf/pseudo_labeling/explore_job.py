@@ -14,7 +14,10 @@ and fsync'ed every ``checkpoint_every`` images and whenever the job stops (also 
 Ctrl-C). Re-running the same command reads the journal, drops a torn last line left by a hard
 kill, and processes only the images not in it, so finished work is never redone or lost and the
 final file equals that of an uninterrupted run, byte for byte. The journal's header records the
-configuration; resuming with a different one raises ``ValueError``. Skipped images (corrupt,
+configuration; resuming with a different one raises ``ExploreOutputError`` (a ``ValueError``).
+One process at a time writes a shard: the run holds ``<shard>.lock`` (:mod:`.shard_lock`), a
+second process on the same shard stops at once naming the first one's PID, and temporary files
+left by a killed run are removed at start. Skipped images (corrupt,
 unreadable, too large or too small) are journaled too and not retried, and so is an image on
 which memory runs out (``MemoryError``, CUDA out of memory): one such image must not stop the
 shard at every resume. Any other error stops the job (it is a bug, not a property of the image).
@@ -38,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -66,7 +70,7 @@ from sohes_hf.data.tar_scan import InputProblem
 from sohes_hf.logging_utils import get_logger
 from sohes_hf.pseudo_labeling.coco_stream import CocoStreamWriter, json_default
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
-from sohes_hf.pseudo_labeling.explore_journal import Journal, index_journal
+from sohes_hf.pseudo_labeling.explore_journal import ExploreOutputError, Journal, index_journal
 from sohes_hf.pseudo_labeling.explore_progress import (
     BAR_FORMAT,
     ImageStatus,
@@ -78,6 +82,7 @@ from sohes_hf.pseudo_labeling.explore_workers import SerializedExtractor, Serial
 from sohes_hf.pseudo_labeling.local_reclustering import FeatureExtractor
 from sohes_hf.pseudo_labeling.refinement import MaskRefiner
 from sohes_hf.pseudo_labeling.self_exploration import ImagePseudoLabels, explore_image
+from sohes_hf.pseudo_labeling.shard_lock import hold_shard_lock
 from sohes_hf.pseudo_labeling.shard_merge import FILE_PREFIX
 from sohes_hf.pseudo_labeling.shard_merge import MergeSummary as MergeSummary  # re-exported
 from sohes_hf.pseudo_labeling.shard_merge import merge_shards as merge_shards  # re-exported
@@ -138,6 +143,12 @@ class ShardPaths:
     annotations: Path
     skipped: Path
     summary: Path
+    lock: Path
+
+    @property
+    def written(self) -> tuple[Path, ...]:
+        """The files the shard's run writes (atomically, except the appended journal)."""
+        return (self.journal, self.annotations, self.skipped, self.summary)
 
     @classmethod
     def of(cls, output_dir: str | Path, shard_index: int, num_shards: int) -> ShardPaths:
@@ -147,6 +158,7 @@ class ShardPaths:
             annotations=stem.with_name(stem.name + ".json"),
             skipped=stem.with_name(stem.name + ".skipped.json"),
             summary=stem.with_name(stem.name + ".summary.json"),
+            lock=stem.with_name(stem.name + ".lock"),
         )
 
 
@@ -208,14 +220,14 @@ class ExploreSummary:
 
 def _list_inputs(job: ExploreJobConfig, input_problems: list[InputProblem]) -> list[ImageEntry]:
     """Every image of the job's inputs; refuses inputs holding none (naming what was unusable)."""
-    listing = list_images(job.inputs, input_problems)
+    listing = _listing(job.inputs, input_problems)
     if not listing:
         unusable = ""
         if input_problems:
             first = input_problems[0]
             unusable = f"; {len(input_problems)} input(s) unusable, first: {first.source}: {first.reason}"
-        raise ValueError(
-            f"inputs: no image found in {', '.join(job.inputs)} (looked for files ending in "
+        raise ExploreInputError(
+            f"no image found in {', '.join(job.inputs)} (looked for files ending in "
             f"{', '.join(IMAGE_EXTENSIONS)}, list files and SA-1B .tar packs){unusable}"
         )
     return listing
@@ -240,12 +252,29 @@ def run_explore_job(
 
     Returns:
         The shard's summary (also logged and written to the summary file).
+
+    Raises:
+        ExploreOutputError: the journal belongs to another configuration or is not a journal,
+            or another process is running this shard (:class:`~.shard_lock.ShardBusyError`).
     """
+    paths = ShardPaths.of(job.output_dir, job.shard_index, job.num_shards)
+    Path(job.output_dir).mkdir(parents=True, exist_ok=True)
+    with hold_shard_lock(paths.lock, paths.written):
+        return _run_shard(job, paths, extractor, refiner, on_image_done, show_progress)
+
+
+def _run_shard(
+    job: ExploreJobConfig,
+    paths: ShardPaths,
+    extractor: FeatureExtractor,
+    refiner: MaskRefiner,
+    on_image_done: Callable[[int], None] | None,
+    show_progress: bool,
+) -> ExploreSummary:
+    """:func:`run_explore_job` once the shard's lock is held."""
     start = time.perf_counter()
     input_problems: list[InputProblem] = []  # cut packs, links...: listed in the skip report
     entries = shard_entries(_list_inputs(job, input_problems), job.num_shards, job.shard_index)
-    paths = ShardPaths.of(job.output_dir, job.shard_index, job.num_shards)
-    Path(job.output_dir).mkdir(parents=True, exist_ok=True)
     header = _header(job, entries)
     offsets = index_journal(paths.journal, header)
     num_resumed = len(offsets)
@@ -379,6 +408,40 @@ def _warn_if_emptied(entry: ImageEntry, labels: ImagePseudoLabels) -> None:
         )
 
 
+class ExploreInputError(ValueError):
+    """An input (folder, list file, tar pack) cannot be listed; the message names it."""
+
+
+def _listing(inputs: Sequence[str], problems: list[InputProblem]) -> list[ImageEntry]:
+    """All images of ``inputs``; ExploreInputError naming the input that cannot be listed.
+
+    A pack that is not a tar, or a list file that is not UTF-8 text, is a user error at the
+    start of the job (nothing is written yet), so it is raised rather than skipped; the inputs
+    are listed one by one only to name the culprit.
+    """
+    try:
+        return list_images(inputs, problems)
+    except (ValueError, OSError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        culprit = ""
+        for item in inputs:
+            try:
+                list_images([item])
+            except (ValueError, OSError):
+                culprit = f"{item}: "
+                break
+        if isinstance(error, UnicodeDecodeError):
+            raise ExploreInputError(
+                f"{culprit}not UTF-8 text ({error.reason} at byte {error.start}); a list file holds one "
+                "image path per line"
+            ) from error
+        message = str(error).removeprefix("inputs: ")
+        if culprit and message.startswith(culprit.rstrip(": ")):
+            culprit = ""
+        raise ExploreInputError(f"{culprit}{message}") from error
+
+
 # --- journal -----------------------------------------------------------------------------------
 
 
@@ -425,13 +488,22 @@ def _image_record(entry: ImageEntry, labels: ImagePseudoLabels) -> dict[str, Any
     }
 
 
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
 def _skipped_record(entry: ImageEntry, reason: str) -> dict[str, Any]:
+    """The journal line of a skipped image; the reason is made run-independent.
+
+    Decoder messages may embed an object's repr (PIL: ``cannot identify image file <_io.BytesIO
+    object at 0x7f...>``), whose address changes per run, so two identical runs would write
+    different skipped reports: the address is dropped (``<_io.BytesIO>``).
+    """
     return {
         "type": "skipped",
         "key": entry.key,
         "image_id": entry.image_id,
         "file_name": entry.file_name,
-        "reason": reason,
+        "reason": _OBJECT_REPR.sub(r"<\1>", reason),
     }
 
 
@@ -477,7 +549,7 @@ def _assemble(
             journal.seek(offsets[entry.key])
             record = json.loads(journal.readline())
             if record.get("key") != entry.key:
-                raise ValueError(
+                raise ExploreOutputError(
                     f"output: journal {paths.journal} changed while the job ran "
                     f"(expected {entry.key} at byte {offsets[entry.key]})"
                 )

@@ -23,6 +23,14 @@ from sohes_hf.logging_utils import get_logger
 logger = get_logger(__name__)
 
 
+class ExploreOutputError(ValueError):
+    """The output folder cannot be used as it is (another job's journal, a busy shard).
+
+    A user error, not a bug: the CLI shows its message as one line. A ``ValueError`` so that
+    callers catching the configuration errors of the job keep working.
+    """
+
+
 class Journal:
     """Append-only JSONL file; buffered lines are written, flushed and fsync'ed every N images.
 
@@ -76,12 +84,14 @@ class Journal:
                 handle.write(b"".join(line for _, line in self.pending))
                 handle.flush()
                 os.fsync(handle.fileno())
-        except BaseException:
+        except BaseException as failure:
             self.failed = True
             try:
                 os.truncate(self.path, self.good_size)
             except OSError as error:
                 logger.warning("journal %s: could not truncate a failed write (%s)", self.path, error)
+            if isinstance(failure, OSError) and failure.filename is None:  # name the file (disk full)
+                raise OSError(failure.errno, failure.strerror, str(self.path)) from failure
             raise
         for key, line in self.pending:
             self.offsets[key] = position
@@ -118,7 +128,7 @@ def index_journal(path: Path, header: Mapping[str, Any]) -> dict[str, int]:
             record, problem = _parse(line)
             if number == 1:
                 if record is None or record.get("type") != "header":
-                    raise ValueError(
+                    raise ExploreOutputError(
                         f"output: journal {path} has no header line (line 1: {problem or 'not a header'}); "
                         "it was not written by `sohes explore`: delete it or use another --output folder"
                     )
@@ -165,14 +175,14 @@ def _parse(line: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 def check_header(path: Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """Raises ValueError naming each field in which the journal differs from this job, with both values.
+    """Raises ExploreOutputError naming each field in which the journal differs, with both values.
 
     Nested settings are named by their dotted path (``self_exploration.image_size``), so the user
     sees which flag changed, not only its group.
     """
     different = _differences(found, expected, "")
     if different:
-        raise ValueError(
+        raise ExploreOutputError(
             f"output: {path} was written with other settings ({'; '.join(different)}); resume with the "
             "settings of the first run, or use another --output folder to start afresh"
         )

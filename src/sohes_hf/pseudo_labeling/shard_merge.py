@@ -1,7 +1,9 @@
 """Merging the shard COCO files of a self-exploration job into one file, in bounded memory.
 
 The job (:mod:`.explore_job`, paper section 3.1 run image by image) writes one COCO file per
-shard; :func:`merge_shards` joins them for training. Shards are streamed element by element
+shard; :func:`merge_shards` joins them for training, after checking that the shards were made
+with one configuration (their ``info``: a 512 px shard does not merge with a 256 px one) and
+that the merged file would not overwrite a file of the folder. Shards are streamed element by element
 (:func:`~.coco_stream.iter_coco_members`) into a :class:`~.coco_stream.CocoStreamWriter`, so a
 merge of SA-1B-sized shards holds one annotation at a time plus 8 bytes per image id.
 """
@@ -28,6 +30,9 @@ FILE_PREFIX = "pseudo_labels"
 
 _SHARD_FILE = re.compile(rf"^{FILE_PREFIX}\.shard-(\d+)-of-(\d+)\.json$")
 
+_PER_SHARD_INFO = ("description", "shard_index", "images_sha256", "num_shards")
+"""``info`` fields that differ between the shards of one job (the rest must agree)."""
+
 
 @dataclass(frozen=True)
 class MergeSummary:
@@ -49,12 +54,15 @@ def merge_shards(output_dir: str | Path, output_file: str | Path) -> MergeSummar
 
     Raises:
         FileNotFoundError: no shard file in ``output_dir``, or a shard of the set is missing.
-        ValueError: shard files disagree on the shard count, two shards hold one image id, or an
-            annotation's parent is not an earlier annotation of its image (then nothing is written).
+        ValueError: ``output_file`` is a shard's file (:func:`check_merge_output`), shard files
+            disagree on the shard count or on the job configuration of their ``info`` (image
+            size, thresholds, backbone...), two shards hold one image id, or an annotation's
+            parent is not an earlier annotation of its image (then nothing is written).
     """
     folder = Path(output_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"output_dir: {folder} is not a folder")
+    check_merge_output(folder, output_file)
     found: dict[int, Path] = {}
     totals = set()
     for path in sorted(folder.iterdir()):
@@ -71,11 +79,7 @@ def merge_shards(output_dir: str | Path, output_file: str | Path) -> MergeSummar
     if missing:
         raise FileNotFoundError(f"output_dir: shards {missing} of {num_shards} are not finished in {folder}")
     shards = [found[index] for index in range(num_shards)]
-    info: dict[str, Any] = {}
-    for path in shards:
-        info = next((dict(value) for name, value in iter_coco_members(path) if name == "info"), {})
-        if info:
-            break
+    info = _check_same_config(shards)
     info["num_shards"] = num_shards
     image_ids = array("q")
     shard_ends: list[int] = []
@@ -94,6 +98,76 @@ def merge_shards(output_dir: str | Path, output_file: str | Path) -> MergeSummar
     return MergeSummary(
         num_shards=num_shards, num_images=writer.num_images, num_annotations=writer.num_annotations
     )
+
+
+def check_merge_output(output_dir: str | Path, output_file: str | Path) -> None:
+    """Raises ValueError when writing ``output_file`` would overwrite a file of the shard folder.
+
+    Refused: any existing file of the folder's job (shard COCO files, journals, reports: names
+    ``pseudo_labels.shard-*``, compared after resolving links), and any path with such a name in
+    the folder (a later merge would take it for a shard). Merging onto shard 0 would replace
+    the shard by the merged file, losing the shard and doubling its images at the next merge.
+    """
+    folder = Path(output_dir).resolve()
+    target = Path(output_file)
+    resolved = target.resolve()
+    prefix = f"{FILE_PREFIX}.shard-"
+    if resolved.parent == folder and resolved.name.startswith(prefix):
+        raise ValueError(
+            f"output_file: {target} is a file of the shard folder {output_dir} ({resolved.name}); "
+            "write the merged file elsewhere, e.g. next to the folder"
+        )
+    if target.exists():
+        for path in folder.iterdir():
+            if path.name.startswith(prefix) and path.is_file() and path.samefile(target):
+                raise ValueError(
+                    f"output_file: {target} is the shard folder's file {path} (a link to it); "
+                    "write the merged file elsewhere, e.g. next to the folder"
+                )
+
+
+def _check_same_config(shards: Sequence[Path]) -> dict[str, Any]:
+    """The first shard's ``info``; raises ValueError naming two shards whose configurations differ.
+
+    Every ``info`` field but the per-shard ones (index, image-list hash) is compared, nested
+    dicts field by field, so the message names e.g. ``self_exploration.image_size``. The
+    package version may differ (a resume after an upgrade): logged, not refused.
+    """
+    infos = [next((dict(v) for name, v in iter_coco_members(path) if name == "info"), {}) for path in shards]
+    first = _flatten({k: v for k, v in infos[0].items() if k not in _PER_SHARD_INFO})
+    for path, info in zip(shards[1:], infos[1:], strict=True):
+        other = _flatten({k: v for k, v in info.items() if k not in _PER_SHARD_INFO})
+        different = sorted(key for key in first.keys() | other.keys() if first.get(key) != other.get(key))
+        versions = [key for key in different if key == "sohes_hf_version"]
+        if versions:
+            logger.warning(
+                "merge: %s and %s were written by sohes-hf %s and %s",
+                shards[0].name,
+                path.name,
+                first.get("sohes_hf_version"),
+                other.get("sohes_hf_version"),
+            )
+        different = [key for key in different if key != "sohes_hf_version"]
+        if different:
+            shown = "; ".join(f"{key}: {first.get(key)!r} vs {other.get(key)!r}" for key in different[:3])
+            more = f" (and {len(different) - 3} more)" if len(different) > 3 else ""
+            raise ValueError(
+                f"output_dir: shards {shards[0].name} and {path.name} were made with different "
+                f"configurations ({shown}{more}); re-run the odd shard with the same options, "
+                "or merge only shards of one job"
+            )
+    return infos[0]
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _copy_shard(path: Path, writer: CocoStreamWriter, image_ids: array[int]) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -327,7 +329,7 @@ def build_training_config(phase: str, values: dict[str, Any]) -> TrainingConfig:
         ValueError: unknown phase, unknown field (named), or an invalid value.
     """
     cls = _config_class(phase)
-    values = dict(values)
+    values = _exponent_floats(dict(values))
     values.pop("phase", None)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
@@ -341,14 +343,76 @@ def build_training_config(phase: str, values: dict[str, Any]) -> TrainingConfig:
     unknown_aug = sorted(set(augmentation) - aug_names)
     if unknown_aug:
         raise ValueError(f"unknown augmentation config field(s): {', '.join(unknown_aug)}")
-    for key in ("image_mean", "image_std"):
-        if key in augmentation:
-            augmentation[key] = tuple(float(v) for v in augmentation[key])
-    if "adan_betas" in values:
-        values["adan_betas"] = tuple(float(v) for v in values["adan_betas"])
+    values = _coerce_numbers(cls, values, "")
+    augmentation = _coerce_numbers(AugmentationConfig, augmentation, "augmentation.")
     config = cls(**values, augmentation=AugmentationConfig(**augmentation))
     config.validate()
     return config
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _exponent_floats(value: Any) -> Any:
+    """Strings such as ``1e-12`` anywhere in the recipe (``model_config`` too) as floats.
+
+    They are floats in JSON and YAML 1.2; PyYAML (YAML 1.1) returns them as strings because its
+    float pattern requires a dot, so a recipe's ``layer_norm_eps: 1e-12`` would otherwise fail
+    deep inside the model's config.
+    """
+    if isinstance(value, dict):
+        return {key: _exponent_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_exponent_floats(item) for item in value]
+    if isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+        return float(value)
+    return value
+
+
+def _coerce_numbers(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Numeric fields as numbers: ``"1e-12"`` -> 1e-12; anything else not a number is refused.
+
+    YAML 1.1 (PyYAML) reads ``1e-12`` and ``1e4`` as strings (it wants ``1.0e-12``), and the
+    recipe loader reads JSON through YAML too, so a plain exponent in a recipe or an override
+    arrives as ``str``. Integer fields accept integral values (``1e4`` -> 10000), float tuples
+    take each element. Raises ValueError naming the field (dotted, e.g. ``augmentation.min_scale``).
+    """
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    coerced = dict(values)
+    for name, value in values.items():
+        kind = kinds.get(name, "")
+        where = f"{prefix}{name}"
+        if value is None and kind.endswith("| None"):
+            continue
+        if kind.startswith("tuple[float"):
+            if not isinstance(value, list | tuple):
+                raise ValueError(f"{where} must be a list of numbers, got {value!r}")
+            coerced[name] = tuple(_number(v, f"{where}[{k}]", integral=False) for k, v in enumerate(value))
+        elif kind in ("float", "float | None"):
+            coerced[name] = _number(value, where, integral=False)
+        elif kind in ("int", "int | None"):
+            coerced[name] = _number(value, where, integral=True)
+    return coerced
+
+
+def _number(value: Any, where: str, integral: bool) -> float | int:
+    """``value`` (a number or a numeric string) as a finite float, or an int when ``integral``."""
+    number: float | int
+    if isinstance(value, bool):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if isinstance(value, int):
+        return value if integral else float(value)
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
+    if integral:
+        if not number.is_integer():
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return int(number)
+    return number
 
 
 def parse_override(text: str) -> tuple[str, Any]:
