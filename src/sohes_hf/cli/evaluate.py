@@ -120,9 +120,13 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as error:
                 raise CliError(f"--predictions: {error}") from error
             sources[spec.name] = str(prediction_files[spec.name])
-        result = evaluate_class_agnostic(
-            predictions, references, max_detections=args.max_detections, backend=args.backend
-        )
+        try:
+            result = evaluate_class_agnostic(
+                predictions, references, max_detections=args.max_detections, backend=args.backend
+            )
+        except ValueError as error:  # a malformed mask the loaders let through (e.g. RLE counts)
+            flag = "--dataset" if str(error).startswith("references") else "--predictions"
+            raise CliError(f"{flag}: {spec.name}: {_name_image(str(error), images, args)}") from error
         if result.num_images_without_predictions:
             logger.warning(
                 "%s: %d of %d images have ground truth but no prediction; their masks count as misses",
@@ -248,6 +252,26 @@ def _check_options(args: argparse.Namespace, specs: Sequence[DatasetSpec]) -> No
 
 
 # --- ground truth and prediction files ---------------------------------------------------------
+
+
+def _name_image(message: str, images: Sequence[Any], args: argparse.Namespace) -> str:
+    """Replaces the metric's ``references[i]['masks'][j]`` by the image id, file and annotation."""
+    import re
+
+    match = re.match(r"(references|predictions)\[(\d+)\]\['masks'\]\[(\d+)\]", message)
+    if match is None or int(match.group(2)) >= len(images):
+        return message
+    image, mask = images[int(match.group(2))], int(match.group(3))
+    where = f"image {image.image_id} ({image.file_name})"
+    if (
+        match.group(1) == "references"
+        and args.category_name_contains is None
+        and mask < len(image.annotation_ids)
+    ):
+        where += f", annotation {image.annotation_ids[mask]}"
+    else:
+        where += f", mask {mask}"
+    return f"{where}{message[match.end() :]}; fix or remove that mask"
 
 
 def _load_references(
