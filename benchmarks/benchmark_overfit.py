@@ -7,7 +7,7 @@
 Trains ``examples/configs/tiny_cpu.yaml`` (batch 2 in one forward pass) on the four nested-shape
 images of ``tests/training/test_overfit.py`` with :class:`SelfInstructionTrainer` and prints,
 before and after training: the number of mask logits > 0 over the four training images and the
-mean over their 16 training masks of the best IoU with any predicted mask (public
+mean over their 24 training masks of the best IoU with any predicted mask (public
 post-processing, ``threshold=0``). ``--init legacy`` re-initialises the pixel decoder's mask
 projection with transformers' generic ``N(0, init_std)``, the state before the fix described in
 docs/training.md ("Empty masks"). Figures vary a little with the thread count.
