@@ -295,6 +295,44 @@ def test_initialisation_covers_parameterless_containers(model: SohesForHierarchi
     assert model.criterion.empty_weight.tolist() == pytest.approx([1.0, model.config.no_object_weight])
 
 
+@pytest.mark.parametrize("feature_size", [32, 64])
+def test_mask_projection_has_mask2formers_c2_xavier_init(feature_size: int) -> None:
+    """The per-pixel embedding conv gets detectron2's c2_xavier_fill, not the generic N(0, 0.02).
+
+    c2_xavier_fill is kaiming_uniform(a=1): U(-b, b) with b = sqrt(3 / fan_in), so std
+    1 / sqrt(fan_in); bias 0. With N(0, 0.02) every initial mask logit was ~0 and a tiny
+    from-scratch model stayed on an all-empty-mask plateau (tests/training/test_overfit.py).
+    """
+    torch.manual_seed(0)
+    config = tiny_sohes_config(feature_size=feature_size)
+    model = SohesForHierarchicalSegmentation(config).eval()
+    conv = model.pixel_decoder.mask_projection
+    fan_in = conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3]
+    assert fan_in == feature_size
+    bound = (3.0 / fan_in) ** 0.5
+    weight = conv.weight.detach().flatten()
+    assert weight.abs().max().item() <= bound
+    assert weight.abs().max().item() > 0.95 * bound  # uniform up to the bound, not a narrow normal
+    assert weight.std().item() == pytest.approx(fan_in**-0.5, rel=0.1)
+    assert torch.count_nonzero(conv.bias) == 0
+    # The effect: O(1) per-pixel embeddings and mask logits at initialisation (with N(0, 0.02)
+    # both were ~0.08 / ~0.05 for this model).
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3)))
+    assert output.mask_features.std().item() > 0.3
+    assert output.masks_queries_logits.std().item() > 0.2
+
+
+def test_loading_keeps_the_saved_mask_projection(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SohesForHierarchicalSegmentation(tiny_sohes_config())
+    with torch.no_grad():
+        model.pixel_decoder.mask_projection.weight.fill_(0.5)
+    model.save_pretrained(tmp_path)
+    loaded = SohesForHierarchicalSegmentation.from_pretrained(tmp_path)
+    assert torch.all(loaded.pixel_decoder.mask_projection.weight == 0.5)
+
+
 def test_save_and_load_round_trip(
     model: SohesForHierarchicalSegmentation, pixel_values: torch.Tensor, tmp_path: Path
 ) -> None:

@@ -128,6 +128,9 @@ class SohesPreTrainedModel(PreTrainedModel):
             init.constant_(module.gamma, module.init_values)
         elif isinstance(module, (SohesViTAdapter, Mask2FormerPixelDecoder)):
             init.normal_(module.level_embed, mean=0.0, std=1.0)
+            if isinstance(module, Mask2FormerPixelDecoder):
+                # Children are initialised first, so this overrides the generic N(0, init_std).
+                _init_mask_projection(module.mask_projection)
         elif isinstance(module, Mask2FormerTransformerModule):
             for projection in module.input_projections:
                 if isinstance(projection, nn.Conv2d):
@@ -172,6 +175,22 @@ def _init_deformable_attention(
     init.zeros_(module.value_proj.bias)
     init.xavier_uniform_(module.output_proj.weight)
     init.zeros_(module.output_proj.bias)
+
+
+def _init_mask_projection(conv: nn.Conv2d) -> None:
+    """Mask2Former's init of the per-pixel embedding conv: detectron2's ``c2_xavier_fill``.
+
+    Kaiming-uniform with ``a = 1`` (weight std ``1 / sqrt(fan_in)``), zero bias. Nothing normalises
+    this conv's output, and the mask logits are ``query_embedding . mask_features``, so its scale
+    is the logits' scale. transformers' port leaves it to the generic ``N(0, init_std = 0.02)``,
+    which makes the mask features 1/sqrt(fan_in) / 0.02 times smaller (9x for a 32-channel
+    decoder, 3x for the 256-channel one): every initial mask logit is then ~0, the product of
+    two near-zero factors has near-zero gradients, and a from-scratch model sits on an
+    all-empty-mask plateau for hundreds of steps (docs/training.md, "Empty masks").
+    """
+    init.kaiming_uniform_(conv.weight, a=1)
+    if conv.bias is not None:
+        init.zeros_(conv.bias)
 
 
 def _init_linear_default(linear: nn.Linear) -> None:
