@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -28,7 +29,7 @@ PAPER_STEPS = 40_000
 PAPER_BATCH = 128
 
 
-def _tiny_config() -> SohesConfig:
+def tiny_training_config() -> SohesConfig:
     # The trimmed tiny model of tests/training (2-layer ViT, 2 decoder layers, 8 queries).
     return tiny_sohes_config(
         num_queries=8,
@@ -67,6 +68,66 @@ def _synthetic_batch(batch: int, size: int, num_masks: int, device: torch.device
     }
 
 
+@dataclass(frozen=True)
+class TrainingMeasurement:
+    """Throughput of the timed steps and the peak memory (CUDA: max allocated; CPU: peak RSS)."""
+
+    num_parameters: int
+    seconds_per_step: float
+    images_per_second: float
+    peak_memory_bytes: int
+    peak_memory_kind: str
+
+
+def measure_training(
+    config: SohesConfig,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    steps: int = 10,
+    warmup_steps: int = 2,
+    num_masks: int = 20,
+    bf16: bool = False,
+    activation_checkpointing: bool = False,
+) -> TrainingMeasurement:
+    """Times ``steps`` self-instruction steps (forward, backward, clipping, Adan) after a warm-up.
+
+    ``bf16`` autocasts to bfloat16 on CUDA only (CPU autocast is not what a user trains with).
+    """
+    torch.manual_seed(0)
+    model = SohesForHierarchicalSegmentation(config).to(device).train()
+    if activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = build_optimizer(model, SelfInstructionConfig(train_annotations="unused"), 1e-4)
+    batch = _synthetic_batch(batch_size, image_size, num_masks, device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup_steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device), "CUDA max allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+    num_parameters = sum(p.numel() for p in model.parameters())
+    return TrainingMeasurement(num_parameters, elapsed / steps, steps * batch_size / elapsed, peak, kind)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("tiny", "vit-b8"), default="tiny")
@@ -85,50 +146,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    config = _tiny_config() if args.model == "tiny" else _vit_b8_config()
-    model = SohesForHierarchicalSegmentation(config).to(device).train()
-    if args.activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = build_optimizer(model, SelfInstructionConfig(train_annotations="unused"), 1e-4)
-    batch = _synthetic_batch(args.batch_size, args.image_size, args.num_masks, device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda"):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(args.warmup_steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    steps_per_s = args.steps / elapsed
-    images_per_s = steps_per_s * args.batch_size
-    if device.type == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (CUDA max allocated)"
-        name = torch.cuda.get_device_name()
-    else:
-        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process peak RSS)"
-        name = f"CPU, {torch.get_num_threads()} thread(s)"
-    params = sum(p.numel() for p in model.parameters()) / 1e6
+    config = tiny_training_config() if args.model == "tiny" else _vit_b8_config()
+    result = measure_training(
+        config,
+        args.image_size,
+        args.batch_size,
+        device,
+        steps=args.steps,
+        warmup_steps=args.warmup_steps,
+        num_masks=args.num_masks,
+        bf16=args.bf16,
+        activation_checkpointing=args.activation_checkpointing,
+    )
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    )
+    params = result.num_parameters / 1e6
     print(f"model={args.model} ({params:.1f}M parameters) device={name} image={args.image_size}px")
     print(
         f"batch={args.batch_size} masks/image={args.num_masks} bf16={args.bf16 and device.type == 'cuda'} "
         f"activation_checkpointing={args.activation_checkpointing}"
     )
-    print(f"steps/s={steps_per_s:.3f} images/s={images_per_s:.2f} seconds/step={1 / steps_per_s:.3f}")
-    print(f"peak memory={peak}")
-    hours = PAPER_STEPS * PAPER_BATCH / images_per_s / 3600
+    print(
+        f"steps/s={1 / result.seconds_per_step:.3f} images/s={result.images_per_second:.2f} "
+        f"seconds/step={result.seconds_per_step:.3f}"
+    )
+    print(f"peak memory={result.peak_memory_bytes / 2**30:.2f} GiB ({result.peak_memory_kind})")
+    hours = PAPER_STEPS * PAPER_BATCH / result.images_per_second / 3600
     print(
         f"paper recipe ({PAPER_STEPS} steps x {PAPER_BATCH} images) at this rate on one such device: "
         f"{hours:.1f} h = {hours / 24:.1f} days"
