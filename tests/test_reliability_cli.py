@@ -175,6 +175,8 @@ def test_read_only_or_full_outputs_are_refused_before_any_model_loads(tmp_path: 
     gt.write_text(_ground_truth())
     predictions.write_text(_predictions())
     locked = tmp_path / "locked"
+    # An empty folder: it passes the up-front path checks and fails only if a model load is tried.
+    (tmp_path / "no-model").mkdir()
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({**_recipe(tmp_path), "output_dir": str(locked / "train")}))
     commands = {
