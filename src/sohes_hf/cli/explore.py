@@ -48,6 +48,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--refiner", default="cascadepsp", help="mask refiner: cascadepsp or none")
     parser.add_argument("--refiner-weights", help="folder holding CascadePSP's checkpoint as <folder>/model")
     parser.add_argument("--batch-size", type=int, default=8, help="images or crops per backbone pass")
+    parser.add_argument(
+        "--refiner-batch-size", type=int, default=8, help="mask crops of one shape per CascadePSP pass"
+    )
     parser.add_argument("--device", help="torch device (default: the accelerate process's device)")
     parser.add_argument("--num-shards", type=int, help="shards (default: accelerate's process count)")
     parser.add_argument(
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         device=str(extractor.device),
         max_side=config.refinement_max_side,
         fast=config.refinement_fast,
+        batch_size=config.refinement_batch_size,
     )
     summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -133,6 +137,7 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
         )
     for flag, value in (
         ("--batch-size", args.batch_size),
+        ("--refiner-batch-size", args.refiner_batch_size),
         ("--checkpoint-every", args.checkpoint_every),
         ("--workers", args.workers),
     ):
@@ -161,6 +166,7 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
             feature_kind=args.feature,
             refiner=args.refiner,
             feature_batch_size=args.batch_size,
+            refinement_batch_size=args.refiner_batch_size,
             precision=args.precision,
         )
         job = ExploreJobConfig(

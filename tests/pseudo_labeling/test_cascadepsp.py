@@ -1,0 +1,131 @@
+"""Batched CascadePSP against the official package, one mask at a time (section 3.1 step 3).
+
+The reference is ``segmentation_refinement`` itself (``Refiner.refine`` and ``process_im_single_pass``)
+run on the same crops with the same random-initialised weights of the real architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sohes_hf.masks import decode_mask, encode_mask, mask_boxes_xywh
+from sohes_hf.pseudo_labeling.cascadepsp import mask_to_input, normalize_image, refine_crops
+from sohes_hf.pseudo_labeling.refinement import CascadePSPRefiner, _crop_window, build_refiner
+
+pytest.importorskip("segmentation_refinement")
+
+_SIDE = 72  # the smallest L whose local windows are a few pixels apart (stride L // 2 - 32 = 4)
+
+
+class _PassRecorder:
+    """Forward pre-hook noting (batch size, has coarse input) of each network pass."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[int, bool]] = []
+
+    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        self.passes.append((int(args[0].shape[0]), len(args) > 2 and args[2] is not None))
+
+
+def _checkpoint(folder: Path) -> torch.nn.Module:
+    """Random CascadePSP in the package's checkpoint layout (``module.`` keys) saved as folder/model.
+
+    The final bias is lowered a little so the random network's global prediction is neither all
+    foreground nor all background on the test crops: otherwise every local window is skipped.
+    """
+    from segmentation_refinement.models.psp.pspnet import RefinementModule
+
+    torch.manual_seed(0)
+    model = RefinementModule().eval()
+    with torch.no_grad():
+        model.final_21.bias -= 0.2
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, folder / "model")
+    return model
+
+
+def _scene() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A 96 x 96 image and masks whose crops (margin 0.5) are 32 x 80 (three local windows at
+    L = 72), twice 24 x 32 (one batch), and one empty mask."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(96, 96, 3), dtype=np.uint8)
+    boxes = [(20, 40, 40, 8), (10, 10, 16, 12), (60, 70, 16, 12)]  # x, y, w, h
+    masks = []
+    for x, y, w, h in boxes:
+        mask = np.zeros((96, 96), dtype=bool)
+        mask[y : y + h, x : x + w] = True
+        image[mask] //= 3  # darker inside, so the random network's prediction varies
+        masks.append(mask)
+    masks.append(np.zeros((96, 96), dtype=bool))
+    return image, masks
+
+
+@pytest.mark.slow  # CascadePSP (68M parameters): 6 global and ~10 local passes at <= 72 px, twice
+def test_batched_refiner_gives_the_package_masks(tmp_path: Path) -> None:
+    from segmentation_refinement import Refiner
+
+    model = _checkpoint(tmp_path)
+    image, masks = _scene()
+    refiner = build_refiner("cascadepsp", weights_folder=tmp_path, max_side=_SIDE, batch_size=4)
+    assert isinstance(refiner, CascadePSPRefiner)
+    recorder = _PassRecorder()
+    refiner.model.register_forward_pre_hook(recorder)
+    refined = [decode_mask(r) for r in refiner.refine(image, [encode_mask(m) for m in masks])]
+
+    package = Refiner(device="cpu", model_folder=str(tmp_path), download_and_check_model=False)
+    boxes = mask_boxes_xywh([encode_mask(m) for m in masks[:3]])
+    for mask, box, result in zip(masks[:3], boxes, refined[:3], strict=True):
+        x0, y0, x1, y1 = _crop_window(box, 96, 96, refiner.crop_margin, refiner.min_crop_side)
+        output = package.refine(image[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.uint8) * 255, L=_SIDE)
+        expected = np.zeros_like(mask)
+        expected[y0:y1, x0:x1] = output > 127
+        np.testing.assert_array_equal(result, expected)
+        assert 0 < expected.sum() < mask.size  # not a trivially empty or full answer
+    assert not refined[3].any()
+    # The local step ran, and crops of one shape shared a pass.
+    assert any(has_coarse for _, has_coarse in recorder.passes)
+    assert max(size for size, _ in recorder.passes) > 1
+    assert model.final_21.bias.item() == pytest.approx(refiner.model.final_21.bias.item())
+
+
+@pytest.mark.slow  # three global passes at 72 px
+def test_fast_mode_probabilities_match_the_package(tmp_path: Path) -> None:
+    from segmentation_refinement.eval_helper import process_im_single_pass
+
+    model = _checkpoint(tmp_path)
+    rng = np.random.default_rng(1)
+    shapes = [(24, 90), (24, 90), (72, 72)]  # shrunk (twice, one batch), kept as is
+    images = [rng.integers(0, 256, size=(*s, 3), dtype=np.uint8) for s in shapes]
+    masks = [rng.random(s) < 0.5 for s in shapes]
+    image_inputs = [normalize_image(torch.from_numpy(i)) for i in images]
+    mask_inputs = [mask_to_input(torch.from_numpy(m)) for m in masks]
+    batched = refine_crops(model, image_inputs, mask_inputs, max_side=_SIDE, fast=True, batch_size=8)
+    with torch.no_grad():
+        for image, mask, result in zip(image_inputs, mask_inputs, batched, strict=True):
+            expected = process_im_single_pass(model, image[None], mask[None], _SIDE)[0, 0]
+            assert result.shape == expected.shape
+            assert torch.max(torch.abs(result - expected)).item() < 1e-5
+
+
+def test_normalization_matches_the_package_transforms() -> None:
+    """The package's torchvision transforms (ToTensor, Normalize), written as its Refiner builds them."""
+    from torchvision import transforms
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    mask = rng.random((5, 7)) < 0.5
+    image_transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+    )
+    mask_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
+    assert torch.equal(normalize_image(torch.from_numpy(image)), image_transform(image))
+    assert torch.equal(mask_to_input(torch.from_numpy(mask)), mask_transform(mask.astype(np.uint8) * 255))
+
+
+def test_bad_batch_size_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        CascadePSPRefiner(weights_folder=tmp_path, batch_size=0)
