@@ -15,6 +15,7 @@ import torch
 
 from sohes_hf.masks import decode_mask, encode_mask, mask_boxes_xywh
 from sohes_hf.pseudo_labeling.cascadepsp import mask_to_input, normalize_image, refine_crops
+from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
 from sohes_hf.pseudo_labeling.refinement import CascadePSPRefiner, _crop_window, build_refiner
 
 pytest.importorskip("segmentation_refinement")
@@ -109,6 +110,18 @@ def test_fast_mode_probabilities_match_the_package(tmp_path: Path) -> None:
             expected = process_im_single_pass(model, image[None], mask[None], _SIDE)[0, 0]
             assert result.shape == expected.shape
             assert torch.max(torch.abs(result - expected)).item() < 1e-5
+    # bf16 autocast: float32 outputs of the same shapes, close to the float32 ones.
+    low = refine_crops(
+        model,
+        image_inputs[:1],
+        mask_inputs[:1],
+        _SIDE,
+        fast=True,
+        batch_size=8,
+        autocast_dtype=torch.bfloat16,
+    )
+    assert low[0].dtype == torch.float32 and low[0].shape == batched[0].shape
+    assert torch.mean(torch.abs(low[0] - batched[0])).item() < 0.05
 
 
 def test_normalization_matches_the_package_transforms() -> None:
@@ -126,6 +139,12 @@ def test_normalization_matches_the_package_transforms() -> None:
     assert torch.equal(mask_to_input(torch.from_numpy(mask)), mask_transform(mask.astype(np.uint8) * 255))
 
 
-def test_bad_batch_size_is_refused(tmp_path: Path) -> None:
+def test_bad_batch_size_and_precision_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         CascadePSPRefiner(weights_folder=tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="precision"):
+        CascadePSPRefiner(weights_folder=tmp_path, precision="int8")
+    with pytest.raises(ValueError, match="refinement_batch_size"):
+        SelfExplorationConfig(refinement_batch_size=0)
+    with pytest.raises(ValueError, match="refinement_precision"):
+        SelfExplorationConfig(refinement_precision="auto")

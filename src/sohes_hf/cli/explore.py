@@ -25,6 +25,7 @@ logger = get_logger(__name__)
 _REFINERS = ("cascadepsp", "none")
 _FEATURE_KINDS = ("keys", "queries", "values", "tokens")
 _PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_REFINER_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def register(subparsers: Any) -> None:
@@ -50,6 +51,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images or crops per backbone pass")
     parser.add_argument(
         "--refiner-batch-size", type=int, default=8, help="mask crops of one shape per CascadePSP pass"
+    )
+    parser.add_argument(
+        "--refiner-precision", default="fp32", help="CascadePSP precision: fp32 (exact), bf16, fp16"
     )
     parser.add_argument("--device", help="torch device (default: the accelerate process's device)")
     parser.add_argument("--num-shards", type=int, help="shards (default: accelerate's process count)")
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         max_side=config.refinement_max_side,
         fast=config.refinement_fast,
         batch_size=config.refinement_batch_size,
+        precision=config.refinement_precision,
     )
     summary = run_explore_job(job, extractor, refiner, show_progress=not args.no_progress)
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -151,6 +156,11 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
         raise cli_error(
             f"--precision: {args.precision!r} is not accepted; accepted values: {', '.join(_PRECISIONS)}"
         )
+    if args.refiner_precision not in _REFINER_PRECISIONS:
+        raise cli_error(
+            f"--refiner-precision: {args.refiner_precision!r} is not accepted; accepted values: "
+            f"{', '.join(_REFINER_PRECISIONS)}"
+        )
     if args.max_image_pixels is not None and args.max_image_pixels < 1:
         raise cli_error(f"--max-image-pixels: must be a positive integer, got {args.max_image_pixels}")
     if args.refiner_weights is not None and not (Path(args.refiner_weights) / "model").is_file():
@@ -167,6 +177,7 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
             refiner=args.refiner,
             feature_batch_size=args.batch_size,
             refinement_batch_size=args.refiner_batch_size,
+            refinement_precision=args.refiner_precision,
             precision=args.precision,
         )
         job = ExploreJobConfig(

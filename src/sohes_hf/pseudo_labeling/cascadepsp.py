@@ -62,6 +62,7 @@ def refine_crops(
     max_side: int,
     fast: bool,
     batch_size: int,
+    autocast_dtype: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
     """Refines each mask on its image crop; returns (h, w) float32 foreground probabilities.
 
@@ -72,16 +73,19 @@ def refine_crops(
         max_side: ``L``, the side of the global step and of the local windows.
         fast: global step only.
         batch_size: most crops (or windows) per network pass.
+        autocast_dtype: run the network under autocast in this dtype (``None``: float32, the
+            package's arithmetic); everything around it stays float32.
     """
     if len(images) != len(masks):
         raise ValueError(f"masks: got {len(masks)} for {len(images)} images")
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     with torch.inference_mode():
+        network = _Network(model, batch_size, autocast_dtype)
         if fast:
-            return _fast_step(model, images, masks, max_side, batch_size)
-        coarse = _global_step(model, images, masks, max_side, batch_size)
-        return _local_step(model, images, coarse, max_side, batch_size)
+            return _fast_step(network, images, masks, max_side)
+        coarse = _global_step(network, images, masks, max_side)
+        return _local_step(network, images, coarse, max_side)
 
 
 @dataclass
@@ -135,17 +139,16 @@ def _to_global_size(
 
 
 def _fast_step(
-    model: nn.Module,
+    network: _Network,
     images: Sequence[torch.Tensor],
     masks: Sequence[torch.Tensor],
     max_side: int,
-    batch_size: int,
 ) -> list[torch.Tensor]:
     passes = [
         _Pass(*_to_global_size(image, mask, max_side)) for image, mask in zip(images, masks, strict=True)
     ]
     results: list[torch.Tensor] = [torch.empty(0)] * len(passes)
-    for index, outputs in _forward_in_batches(model, passes, batch_size, ("pred_224",)):
+    for index, outputs in network.run(passes, ("pred_224",)):
         prediction = outputs["pred_224"]
         size = tuple(masks[index].shape[-2:])
         longest = max(size)
@@ -158,17 +161,16 @@ def _fast_step(
 
 
 def _global_step(
-    model: nn.Module,
+    network: _Network,
     images: Sequence[torch.Tensor],
     masks: Sequence[torch.Tensor],
     max_side: int,
-    batch_size: int,
 ) -> list[_Coarse]:
     passes = [
         _Pass(*_to_global_size(image, mask, max_side)) for image, mask in zip(images, masks, strict=True)
     ]
     coarse: list[_Coarse] = [_Coarse(torch.empty(0), torch.empty(0))] * len(passes)
-    for index, outputs in _forward_in_batches(model, passes, batch_size, ("pred_224", "pred_56_2")):
+    for index, outputs in network.run(passes, ("pred_224", "pred_56_2")):
         size = tuple(masks[index].shape[-2:])
         fine = F.interpolate(outputs["pred_224"][None], size=size, mode="bilinear", align_corners=False)[0]
         intermediate = F.interpolate(
@@ -179,11 +181,10 @@ def _global_step(
 
 
 def _local_step(
-    model: nn.Module,
+    network: _Network,
     images: Sequence[torch.Tensor],
     coarse: Sequence[_Coarse],
     max_side: int,
-    batch_size: int,
 ) -> list[torch.Tensor]:
     # The package's local step first resizes the crop to its own longest side (area, a no-op copy).
     crops = [_resize_max_side(image, max(image.shape[-2:]), "area") for image in images]
@@ -214,7 +215,7 @@ def _local_step(
                 )
             flat += 1
     window_outputs: dict[tuple[int, int], torch.Tensor] = {}
-    for index, outputs in _forward_in_batches(model, passes, batch_size, ("pred_224",)):
+    for index, outputs in network.run(passes, ("pred_224",)):
         window_outputs[keys[index]] = outputs["pred_224"]
     results = []
     for crop_index, (crop, crop_windows) in enumerate(zip(crops, windows, strict=True)):
@@ -283,24 +284,45 @@ def _pad(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.Ten
     return F.pad(tensor, (0, size[1] - width, 0, size[0] - height), value=value)
 
 
-def _forward_in_batches(
-    model: nn.Module, passes: Sequence[_Pass], batch_size: int, keys: tuple[str, ...]
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """Runs passes in batches of one padded shape; yields (pass index, outputs cropped to its size).
+@dataclass(frozen=True)
+class _Network:
+    """The refinement network, how many inputs it takes per pass and its autocast dtype."""
 
-    Outputs are (1, h, w). Padding is the package's: image 0, mask and coarse prediction -1.
-    """
-    groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
-    for index, item in enumerate(passes):
-        groups[(*_padded_size(*item.mask.shape[-2:]), item.coarse is None)].append(index)
-    for (height, width, no_coarse), indices in groups.items():
-        size = (height, width)
-        for start in range(0, len(indices), batch_size):
-            chunk = [passes[i] for i in indices[start : start + batch_size]]
-            image = torch.stack([_pad(item.image, size, 0.0) for item in chunk])
-            mask = torch.stack([_pad(item.mask, size, -1.0) for item in chunk])
-            coarse = None if no_coarse else torch.stack([_pad(item.coarse, size, -1.0) for item in chunk])  # type: ignore[arg-type]
-            outputs = model(image, mask, coarse, None)
-            for offset, item in enumerate(chunk):
-                h, w = item.mask.shape[-2:]
-                yield indices[start + offset], {key: outputs[key][offset, :, :h, :w] for key in keys}
+    model: nn.Module
+    batch_size: int
+    autocast_dtype: torch.dtype | None
+
+    def run(
+        self, passes: Sequence[_Pass], keys: tuple[str, ...]
+    ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """Runs passes in batches of one padded shape; yields (pass index, float32 outputs (1, h, w)).
+
+        Padding is the package's: image 0, mask and coarse prediction -1; outputs are cropped back.
+        """
+        groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
+        for index, item in enumerate(passes):
+            groups[(*_padded_size(*item.mask.shape[-2:]), item.coarse is None)].append(index)
+        for (height, width, no_coarse), indices in groups.items():
+            size = (height, width)
+            for start in range(0, len(indices), self.batch_size):
+                chunk = [passes[i] for i in indices[start : start + self.batch_size]]
+                image = torch.stack([_pad(item.image, size, 0.0) for item in chunk])
+                mask = torch.stack([_pad(item.mask, size, -1.0) for item in chunk])
+                coarse = None
+                if not no_coarse:
+                    coarse = torch.stack([_pad(item.coarse, size, -1.0) for item in chunk])  # type: ignore[arg-type]
+                outputs = self._forward(image, mask, coarse)
+                for offset, item in enumerate(chunk):
+                    h, w = item.mask.shape[-2:]
+                    yield (
+                        indices[start + offset],
+                        {key: outputs[key][offset, :, :h, :w].float() for key in keys},
+                    )
+
+    def _forward(
+        self, image: torch.Tensor, mask: torch.Tensor, coarse: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        if self.autocast_dtype is None:
+            return self.model(image, mask, coarse, None)
+        with torch.autocast(device_type=image.device.type, dtype=self.autocast_dtype):
+            return self.model(image, mask, coarse, None)

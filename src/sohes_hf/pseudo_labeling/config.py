@@ -16,6 +16,7 @@ from typing import Any
 FEATURE_KINDS = ("keys", "queries", "values", "tokens")
 REFINER_BACKENDS = ("cascadepsp", "none")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+REFINER_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class SelfExplorationConfig:
         refinement_batch_size: most mask crops (or local windows) of one shape per CascadePSP pass;
             1 runs one mask at a time like the package. Outputs do not depend on it (up to float
             rounding in batched convolutions); memory does: ~0.6 GB per crop at L = 900 in fp32.
+        refinement_precision: CascadePSP's precision: "fp32" (the package's arithmetic and masks),
+            "bf16" or "fp16" (autocast: faster on GPU tensor cores, boundaries may move slightly).
         precision: backbone compute precision: "auto" (bf16 on a GPU that supports it, else fp16 on
             GPU, fp32 on CPU), "fp32", "fp16" or "bf16" (autocast).
     """
@@ -94,6 +97,7 @@ class SelfExplorationConfig:
     refinement_max_side: int = 900
     refinement_fast: bool = False
     refinement_batch_size: int = 8
+    refinement_precision: str = "fp32"
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -123,6 +127,7 @@ class SelfExplorationConfig:
         _check_choice(self, "feature_kind", FEATURE_KINDS)
         _check_choice(self, "refiner", REFINER_BACKENDS)
         _check_choice(self, "precision", PRECISIONS)
+        _check_choice(self, "refinement_precision", REFINER_PRECISIONS)
         if not isinstance(self.refinement_fast, bool):
             raise ValueError(f"refinement_fast: must be a bool, got {self.refinement_fast!r}")
 
