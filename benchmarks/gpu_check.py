@@ -8,7 +8,7 @@ weights of the real architecture):
    into network and non-network time, and the number of masks refined;
 2. ``training``: self-instruction steps (paper section 3.2: forward, backward, Adan) at 1,024 px,
    batch 2, bf16 autocast: images/s and peak CUDA memory, without and with activation
-   checkpointing (``model.gradient_checkpointing_enable()``);
+   checkpointing (``model.activation_checkpointing_enable()``);
 3. ``pipeline``: the hierarchical-segmentation pipeline at 1,024 px, images/s per stage;
 4. ``metric``: class-agnostic mask AR (``evaluate_class_agnostic``) on a synthetic set.
 
@@ -46,10 +46,12 @@ class Sizes:
 
     explore_size: int
     explore_images: int
+    warmup: bool
     vit: dict[str, int]
     refiner_side: int
     refiner_fast: bool
     refiner_batch: int
+    precision: str
     train_model: str
     train_size: int
     train_batch: int
@@ -66,10 +68,12 @@ class Sizes:
 GPU_SIZES = Sizes(
     explore_size=1024,
     explore_images=3,
+    warmup=True,
     vit={"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
     refiner_side=900,
     refiner_fast=False,
     refiner_batch=8,
+    precision="bf16",
     train_model="vitb8",
     train_size=1024,
     train_batch=2,
@@ -83,12 +87,14 @@ GPU_SIZES = Sizes(
     metric_size=256,
 )
 CPU_SMOKE_SIZES = Sizes(
-    explore_size=64,
+    explore_size=24,  # a 3 x 3 patch grid: ~10 masks, each a ResNet-50 pass of ~0.3 s on one core
     explore_images=1,
+    warmup=False,
     vit={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
     refiner_side=16,
     refiner_fast=True,
     refiner_batch=8,
+    precision="fp32",  # CPU bf16 is emulated: slower, not faster
     train_model="tiny",
     train_size=64,
     train_batch=2,
@@ -128,13 +134,14 @@ def check_explore(sizes: Sizes, device: torch.device) -> None:
     vit = ViTModel(
         ViTConfig(patch_size=8, image_size=224, layer_norm_eps=1e-12, **sizes.vit), add_pooling_layer=False
     )
-    extractor = DinoFeatureExtractor(vit, device=device, precision="bf16", batch_size=8)
+    extractor = DinoFeatureExtractor(vit, device=device, precision=sizes.precision, batch_size=8)
     config = SelfExplorationConfig(
         image_size=sizes.explore_size,
+        min_image_side=min(32, sizes.explore_size),
         refinement_max_side=sizes.refiner_side,
         refinement_fast=sizes.refiner_fast,
         refinement_batch_size=sizes.refiner_batch,
-        refinement_precision="bf16",
+        refinement_precision=sizes.precision,
     )
     with tempfile.TemporaryDirectory() as folder:
         state = {f"module.{k}": v for k, v in RefinementModule().state_dict().items()}
@@ -145,10 +152,11 @@ def check_explore(sizes: Sizes, device: torch.device) -> None:
             max_side=sizes.refiner_side,
             fast=sizes.refiner_fast,
             batch_size=sizes.refiner_batch,
-            precision="bf16",
+            precision=sizes.precision,
         )
     images = [synthetic_scene(sizes.explore_size, seed) for seed in range(sizes.explore_images + 1)]
-    explore_image(images[0], extractor, refiner, config)  # warm-up: numba, cuDNN, allocator
+    if sizes.warmup:
+        explore_image(images[0], extractor, refiner, config)  # numba, cuDNN, allocator
     rows = []
     for image in images[1:]:
         _sync(device)
@@ -163,7 +171,7 @@ def check_explore(sizes: Sizes, device: torch.device) -> None:
         f"explore: {median:.2f} s/image at {sizes.explore_size} px (median of {len(rows)}): backbone "
         f"{statistics.median(t.global_features + t.local_features for t in timings):.2f} s, CascadePSP "
         f"{statistics.median(t.refinement for t in timings):.2f} s for {refined:.0f} masks "
-        f"(L={sizes.refiner_side}, batch {sizes.refiner_batch}, bf16), non-network "
+        f"(L={sizes.refiner_side}, batch {sizes.refiner_batch}, {sizes.precision}), non-network "
         f"{statistics.median(t.non_network for t in timings):.2f} s"
     )
 
@@ -182,11 +190,11 @@ def check_training(sizes: Sizes, device: torch.device) -> None:
         config = tiny_sohes_config() if sizes.train_model == "tiny" else _vit_b8_config()
         model = SohesForHierarchicalSegmentation(config).to(device).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         optimizer = build_optimizer(model, SelfInstructionConfig(train_annotations="unused"), 1e-4)
 
         def step(model: Any = model, optimizer: Any = optimizer) -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=sizes.precision == "bf16"):
                 loss = model(**batch).loss
             loss.backward()
             optimizer.step()
@@ -202,7 +210,8 @@ def check_training(sizes: Sizes, device: torch.device) -> None:
         _sync(device)
         seconds = time.perf_counter() - start
         print(
-            f"training ({sizes.train_model}, {sizes.train_size} px, batch {sizes.train_batch}, bf16, "
+            f"training ({sizes.train_model}, {sizes.train_size} px, batch {sizes.train_batch}, "
+            f"{sizes.precision}, "
             f"activation checkpointing {'on' if checkpointing else 'off'}): "
             f"{sizes.train_steps * sizes.train_batch / seconds:.2f} images/s, "
             f"peak memory {_peak_memory(device)}"
@@ -271,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.cpu_smoke or not torch.cuda.is_available()
     device = torch.device("cpu" if smoke else "cuda")
     sizes = CPU_SMOKE_SIZES if smoke else GPU_SIZES
+    if smoke:
+        torch.set_num_threads(1)  # toy models: thread start-up costs more than it saves
     name = "CPU smoke test (toy sizes: figures mean nothing)" if smoke else torch.cuda.get_device_name(device)
     print(f"gpu_check on {name}; torch {torch.__version__}; random weights")
     total = time.perf_counter()
