@@ -44,7 +44,8 @@ def synthetic_masks(size: int, num_masks: int, seed: int) -> tuple[np.ndarray, l
         cv2.ellipse(mask, center, axes, float(rng.integers(0, 180)), 0, 360, 1, -1)
         color = rng.integers(0, 256, 3).astype(np.uint8)
         image[mask > 0] = color
-        noisy = mask.astype(bool) ^ (rng.random((size, size)) < 0.002)  # a clustering-like ragged edge
+        edge = cv2.dilate(mask, np.ones((5, 5), np.uint8)) > cv2.erode(mask, np.ones((5, 5), np.uint8))
+        noisy = mask.astype(bool) ^ (edge & (rng.random((size, size)) < 0.2))  # a clustering-like ragged edge
         masks.append(encode_mask(noisy))
     return image, masks
 
@@ -81,7 +82,9 @@ def package_refine(
         outputs = []
         for rle, box in zip(masks, boxes, strict=True):
             mask = decode_mask(rle)
-            x0, y0, x1, y1 = _crop_window(box, width, height, refiner.crop_margin, refiner.min_crop_side)
+            x0, y0, x1, y1 = _crop_window(
+                box, width, height, refiner.crop_margin, refiner.min_crop_side, refiner.square_crop_step
+            )
             crop = mask[y0:y1, x0:x1].astype(np.uint8) * 255
             full = np.zeros_like(mask)
             full[y0:y1, x0:x1] = (

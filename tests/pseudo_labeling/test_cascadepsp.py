@@ -16,7 +16,7 @@ import torch
 from sohes_hf.masks import decode_mask, encode_mask, mask_boxes_xywh
 from sohes_hf.pseudo_labeling.cascadepsp import mask_to_input, normalize_image, refine_crops
 from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
-from sohes_hf.pseudo_labeling.refinement import CascadePSPRefiner, _crop_window, build_refiner
+from sohes_hf.pseudo_labeling.refinement import CascadePSPRefiner, _crop_window
 
 pytest.importorskip("segmentation_refinement")
 
@@ -50,18 +50,18 @@ def _checkpoint(folder: Path) -> torch.nn.Module:
 
 
 def _scene() -> tuple[np.ndarray, list[np.ndarray]]:
-    """A 96 x 96 image and masks whose crops (margin 0.5) are 32 x 80 (three local windows at
-    L = 72), twice 24 x 32 (one batch), and one empty mask."""
+    """A 48 x 96 image and masks whose square crops (margin 0.5, side step 8) are 48 x 80 (clipped
+    by the image; three local windows at L = 72), twice 32 x 32 (min side; one batch), and an empty mask."""
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(96, 96, 3), dtype=np.uint8)
-    boxes = [(20, 40, 40, 8), (10, 10, 16, 12), (60, 70, 16, 12)]  # x, y, w, h
+    image = rng.integers(0, 256, size=(48, 96, 3), dtype=np.uint8)
+    boxes = [(20, 20, 38, 8), (4, 4, 12, 12), (70, 30, 12, 12)]  # x, y, w, h
     masks = []
     for x, y, w, h in boxes:
-        mask = np.zeros((96, 96), dtype=bool)
+        mask = np.zeros((48, 96), dtype=bool)
         mask[y : y + h, x : x + w] = True
         image[mask] //= 3  # darker inside, so the random network's prediction varies
         masks.append(mask)
-    masks.append(np.zeros((96, 96), dtype=bool))
+    masks.append(np.zeros((48, 96), dtype=bool))
     return image, masks
 
 
@@ -71,8 +71,7 @@ def test_batched_refiner_gives_the_package_masks(tmp_path: Path) -> None:
 
     model = _checkpoint(tmp_path)
     image, masks = _scene()
-    refiner = build_refiner("cascadepsp", weights_folder=tmp_path, max_side=_SIDE, batch_size=4)
-    assert isinstance(refiner, CascadePSPRefiner)
+    refiner = CascadePSPRefiner(weights_folder=tmp_path, max_side=_SIDE, square_crop_step=8, batch_size=4)
     recorder = _PassRecorder()
     refiner.model.register_forward_pre_hook(recorder)
     refined = [decode_mask(r) for r in refiner.refine(image, [encode_mask(m) for m in masks])]
@@ -80,7 +79,8 @@ def test_batched_refiner_gives_the_package_masks(tmp_path: Path) -> None:
     package = Refiner(device="cpu", model_folder=str(tmp_path), download_and_check_model=False)
     boxes = mask_boxes_xywh([encode_mask(m) for m in masks[:3]])
     for mask, box, result in zip(masks[:3], boxes, refined[:3], strict=True):
-        x0, y0, x1, y1 = _crop_window(box, 96, 96, refiner.crop_margin, refiner.min_crop_side)
+        x0, y0, x1, y1 = _crop_window(box, 96, 48, refiner.crop_margin, refiner.min_crop_side, 8)
+        assert (y1 - y0, x1 - x0) in {(48, 80), (32, 32)}
         output = package.refine(image[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.uint8) * 255, L=_SIDE)
         expected = np.zeros_like(mask)
         expected[y0:y1, x0:x1] = output > 127
@@ -144,7 +144,23 @@ def test_bad_batch_size_and_precision_are_refused(tmp_path: Path) -> None:
         CascadePSPRefiner(weights_folder=tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="precision"):
         CascadePSPRefiner(weights_folder=tmp_path, precision="int8")
+    with pytest.raises(ValueError, match="square_crop_step"):
+        CascadePSPRefiner(weights_folder=tmp_path, square_crop_step=-1)
     with pytest.raises(ValueError, match="refinement_batch_size"):
         SelfExplorationConfig(refinement_batch_size=0)
     with pytest.raises(ValueError, match="refinement_precision"):
         SelfExplorationConfig(refinement_precision="auto")
+
+
+@pytest.mark.parametrize("step", [8, 32])
+def test_square_crops_hold_the_box_inside_the_image(step: int) -> None:
+    rng = np.random.default_rng(step)
+    width, height = 200, 120
+    for _ in range(200):
+        w, h = (int(v) for v in rng.integers(1, 150, 2))
+        w, h = min(w, width), min(h, height)
+        x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        x0, y0, x1, y1 = _crop_window(np.array([x, y, w, h]), width, height, 0.5, 32, step)
+        assert 0 <= x0 <= x and x + w <= x1 <= width and 0 <= y0 <= y and y + h <= y1 <= height
+        side = int(np.ceil(max(2.0 * max(w, h), 32) / step)) * step  # (1 + 2 x margin) x longer side
+        assert (y1 - y0, x1 - x0) == (min(side, height), min(side, width))

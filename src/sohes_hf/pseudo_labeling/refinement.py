@@ -8,8 +8,10 @@ than half of the union of the two versions is shared.
 
 Backends: ``none`` (identity, for ablations and machines without the weights) and ``cascadepsp``
 (pip ``segmentation-refinement``, the ``refine`` extra of sohes-hf). CascadePSP is applied to a
-crop around each mask (the mask's box grown by ``crop_margin`` of its size on each side), so a
-small entity is refined at a useful scale and large images do not cost full-image passes per mask.
+square crop around each mask (the box's longer side grown by ``crop_margin`` of it on each side,
+rounded up to a multiple of 32 px), so a small entity is refined at a useful scale, large images
+do not cost full-image passes per mask, and crops share shapes, so many go through the network
+in one batch (:mod:`sohes_hf.pseudo_labeling.cascadepsp`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class CascadePSPRefiner(MaskRefiner):
         fast: global step only.
         crop_margin: context around each mask's box, as a fraction of the box side, on each side.
         min_crop_side: smallest crop side in pixels.
+        square_crop_step: crops are squares (side: the box's longer side grown by ``crop_margin``
+            per side) rounded up to a multiple of this many pixels, so that they share shapes
+            and batch; 0 crops the grown box itself (one shape per mask, nothing to batch).
         batch_size: most crops per network pass (1 = the package's one mask at a time). A pass at
             ``L`` = 900 holds ~0.6 GB of activations per crop in float32; lower it if memory is short.
         precision: "fp32" (default: the package's arithmetic and masks), or "bf16" / "fp16":
@@ -99,6 +104,7 @@ class CascadePSPRefiner(MaskRefiner):
         fast: bool = False,
         crop_margin: float = 0.5,
         min_crop_side: int = 32,
+        square_crop_step: int = 32,
         batch_size: int = 8,
         precision: str = "fp32",
     ) -> None:
@@ -116,6 +122,13 @@ class CascadePSPRefiner(MaskRefiner):
         self.fast = bool(fast)
         self.crop_margin = float(crop_margin)
         self.min_crop_side = int(min_crop_side)
+        if (
+            isinstance(square_crop_step, bool)
+            or not isinstance(square_crop_step, int)
+            or square_crop_step < 0
+        ):
+            raise ValueError(f"square_crop_step: must be an integer >= 0, got {square_crop_step!r}")
+        self.square_crop_step = square_crop_step
         self.batch_size = batch_size
         self.precision = precision
         self.device = torch.device(device)
@@ -133,7 +146,7 @@ class CascadePSPRefiner(MaskRefiner):
                 raise ValueError(f"masks: size {mask.shape} differs from the image's {(height, width)}")
             decoded.append(mask)
         windows = {  # empty masks have nothing to refine
-            i: _crop_window(box, width, height, self.crop_margin, self.min_crop_side)
+            i: _crop_window(box, width, height, self.crop_margin, self.min_crop_side, self.square_crop_step)
             for i, box in enumerate(boxes)
             if box[2] > 0 and box[3] > 0
         }
@@ -275,17 +288,38 @@ def build_refiner(
 
 
 def _crop_window(
-    box: np.ndarray, width: int, height: int, margin: float, min_side: int
+    box: np.ndarray, width: int, height: int, margin: float, min_side: int, square_side_step: int = 0
 ) -> tuple[int, int, int, int]:
-    """Box XYWH grown by ``margin`` x its size per side (at least ``min_side``), clipped: x0,y0,x1,y1."""
+    """The crop CascadePSP refines a mask in: x0, y0, x1, y1 (pixels, end exclusive).
+
+    The mask's box XYWH grown by ``margin`` x its size per side (at least ``min_side``). With
+    ``square_side_step`` > 0 the window is instead a square whose side, ``(1 + 2 margin)`` x the
+    box's longer side, is rounded up to a multiple of ``square_side_step``, centred on the box
+    and shifted inside the image (clipped only where the image is smaller): crops then share a
+    few shapes, every square one goes through the global step at the same L x L size, and masks
+    can be batched (tight boxes give ~80 global shapes for 100 masks).
+    """
     x, y, w, h = (float(v) for v in box)
-    grow_x = max(margin * w, (min_side - w) / 2.0, 0.0)
-    grow_y = max(margin * h, (min_side - h) / 2.0, 0.0)
-    x0 = max(0, int(np.floor(x - grow_x)))
-    y0 = max(0, int(np.floor(y - grow_y)))
-    x1 = min(width, int(np.ceil(x + w + grow_x)))
-    y1 = min(height, int(np.ceil(y + h + grow_y)))
+    if square_side_step <= 0:
+        grow_x = max(margin * w, (min_side - w) / 2.0, 0.0)
+        grow_y = max(margin * h, (min_side - h) / 2.0, 0.0)
+        x0 = max(0, int(np.floor(x - grow_x)))
+        y0 = max(0, int(np.floor(y - grow_y)))
+        x1 = min(width, int(np.ceil(x + w + grow_x)))
+        y1 = min(height, int(np.ceil(y + h + grow_y)))
+        return x0, y0, x1, y1
+    side = max((1.0 + 2.0 * margin) * max(w, h), float(min_side))
+    side_pixels = int(np.ceil(side / square_side_step)) * square_side_step
+    x0, x1 = _centred_span(x + w / 2.0, side_pixels, width)
+    y0, y1 = _centred_span(y + h / 2.0, side_pixels, height)
     return x0, y0, x1, y1
+
+
+def _centred_span(centre: float, length: int, limit: int) -> tuple[int, int]:
+    """[start, end) of ``length`` pixels centred on ``centre``, shifted (then clipped) into [0, limit)."""
+    length = min(length, limit)
+    start = int(np.clip(np.floor(centre - length / 2.0), 0, limit - length))
+    return start, start + length
 
 
 def check_rgb_image(image: np.ndarray) -> tuple[int, int]:
