@@ -6,11 +6,13 @@ downloaded) on one synthetic image and its masks, and the official package's
 ``Refiner.refine`` on the same crops one mask at a time (what the refiner did before batching),
 and prints masks/s, wall and CPU seconds (``time.process_time``; medians over ``--repeats``) and
 whether the two agree on every mask. On a 2-core CPU keep ``--max-side`` small (one mask at the
-package default L = 900 takes ~40 s there); on a GPU use the defaults of the paper setting.
+package default L = 900 takes ~40 s there) but not below the image size: crops larger than L
+are covered by local windows every ``L // 2 - 32`` px, 225 windows per 128 px crop at L = 72.
+On a GPU use the defaults of the paper setting.
 
 Usage::
 
-    python benchmarks/benchmark_refiner.py --max-side 128 --image-size 256 --num-masks 8 --repeats 1
+    python benchmarks/benchmark_refiner.py --max-side 128 --image-size 128 --num-masks 8 --repeats 1
     python benchmarks/benchmark_refiner.py --device cuda --batch-sizes 1,8,16    # L = 900, 1024 px
 """
 

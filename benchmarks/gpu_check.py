@@ -12,7 +12,8 @@ weights of the real architecture):
 3. ``pipeline``: the hierarchical-segmentation pipeline at 1,024 px, images/s per stage;
 4. ``metric``: class-agnostic mask AR (``evaluate_class_agnostic``) on a synthetic set.
 
-The paper sizes take about 4 minutes on one H100 or H200 (budget: 8). ``--cpu-smoke`` (automatic
+The paper sizes are meant to fit in 8 minutes on one H100 or H200 (each part prints its own time;
+``--parts`` runs a subset). ``--cpu-smoke`` (automatic
 without CUDA) runs every part at toy sizes, in seconds on a CPU, so the script itself is tested
 (tests/test_benchmarks_gpu_check.py); its figures mean nothing.
 
