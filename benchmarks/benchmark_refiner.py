@@ -14,6 +14,7 @@ Usage::
 
     python benchmarks/benchmark_refiner.py --max-side 128 --image-size 128 --num-masks 8 --repeats 1
     python benchmarks/benchmark_refiner.py --device cuda --batch-sizes 1,8,16    # L = 900, 1024 px
+    python benchmarks/benchmark_refiner.py --shapes-only                         # shapes at L = 900
 """
 
 from __future__ import annotations
@@ -50,6 +51,29 @@ def synthetic_masks(size: int, num_masks: int, seed: int) -> tuple[np.ndarray, l
         noisy = mask.astype(bool) ^ (edge & (rng.random((size, size)) < 0.2))  # a clustering-like ragged edge
         masks.append(encode_mask(noisy))
     return image, masks
+
+
+def print_shapes(image: np.ndarray, masks: list[dict[str, Any]], max_side: int) -> None:
+    """How many network input shapes the crops give (what can share a batch), square vs box crops."""
+    from sohes_hf.pseudo_labeling.cascadepsp import _local_windows, _padded_size
+
+    height, width = image.shape[:2]
+    boxes = mask_boxes_xywh(masks)
+    for step, name in ((32, "square crops, 32 px steps"), (0, "tight box crops")):
+        global_shapes, window_shapes, num_windows = set(), set(), 0
+        for box in boxes:
+            x0, y0, x1, y1 = _crop_window(box, width, height, 0.5, 32, step)
+            h, w = y1 - y0, x1 - x0
+            ratio = max_side / max(h, w)
+            resized = (h, w) if max(h, w) == max_side else (int(h * ratio), int(w * ratio))
+            global_shapes.add(_padded_size(*resized))
+            for window in _local_windows(h, w, max_side):
+                num_windows += 1
+                window_shapes.add(_padded_size(window.y1 - window.y0, window.x1 - window.x0))
+        print(
+            f"{name}: {len(boxes)} crops in {len(global_shapes)} global-step shapes, "
+            f"{num_windows} local windows in {len(window_shapes)} shapes (before the skip rule)"
+        )
 
 
 def _timed(function: Callable[[], Any], repeats: int) -> tuple[Any, float, float]:
@@ -110,6 +134,7 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="global step only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-package", action="store_true", help="skip the one-mask-per-call baseline")
+    parser.add_argument("--shapes-only", action="store_true", help="print the crop shapes, run nothing")
     args = parser.parse_args()
 
     from segmentation_refinement.models.psp.pspnet import RefinementModule
@@ -120,11 +145,14 @@ def main() -> None:
         f"device {args.device}, L = {args.max_side}, {args.image_size} px image, {len(masks)} masks, "
         f"fast={args.fast}, torch threads {torch.get_num_threads()}, medians of {args.repeats}"
     )
+    print_shapes(image, masks, args.max_side)
+    if args.shapes_only:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         state = {f"module.{k}": v for k, v in RefinementModule().state_dict().items()}
         torch.save(state, folder / "model")
-        reference = None
+        outputs: dict[int, list[np.ndarray]] = {}
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             refiner = CascadePSPRefiner(
                 weights_folder=folder,
@@ -140,14 +168,18 @@ def main() -> None:
                 f"batched (batch_size={batch_size:3d}): {len(masks) / wall:8.3f} masks/s, "
                 f"wall {wall:8.2f} s, CPU {cpu:8.2f} s"
             )
-            reference = reference or decoded
+            outputs[batch_size] = decoded
         if not args.no_package:
             run = package_refine(folder, args.device, image, masks, refiner)
             expected, wall, cpu = _timed(run, args.repeats)
-            same = sum(bool(np.array_equal(a, b)) for a, b in zip(expected, reference or [], strict=True))
+            same = ", ".join(
+                f"{sum(bool(np.array_equal(a, b)) for a, b in zip(expected, decoded, strict=True))} of "
+                f"{len(masks)} (batch_size={batch_size})"
+                for batch_size, decoded in outputs.items()
+            )
             print(
                 f"package, one mask per call : {len(masks) / wall:8.3f} masks/s, wall {wall:8.2f} s, "
-                f"CPU {cpu:8.2f} s; identical masks: {same} of {len(masks)}"
+                f"CPU {cpu:8.2f} s; identical masks: {same}"
             )
 
 
