@@ -5,8 +5,8 @@ public paths a user calls:
 
 * ``explore``: ``run_explore_job`` (what ``sohes explore`` runs) with a DINO ViT-B/8 saved by
   ``save_pretrained`` and a CascadePSP state dict saved as ``<folder>/model``, at S = 1,024 px,
-  backbone in bf16 (CascadePSP runs in the package's own fp32): seconds/image, and the backbone
-  and refiner shares;
+  backbone and batched CascadePSP (``CascadePSPRefiner(batch_size=8, precision="bf16")``) in
+  bf16: seconds/image, and the backbone and refiner shares;
 * ``training``: self-instruction steps (``benchmark_training.measure_training``), ViT-B/8 model
   at 1,024 px, batch 2, bf16 autocast, without and with activation checkpointing: images/s and
   ``torch.cuda.max_memory_allocated``;
@@ -22,7 +22,7 @@ well under a minute: tests/test_gpu_check.py runs that mode.
 
     python benchmarks/gpu_check.py                 # on the GPU machine (~8 min at most)
     python benchmarks/gpu_check.py --cpu-smoke     # anywhere, < 1 min
-    python benchmarks/gpu_check.py --refiner-batch-size 16   # batched CascadePSP, once it exists
+    python benchmarks/gpu_check.py --refiner-batch-size 16   # more CascadePSP crops per pass
 """
 
 from __future__ import annotations
@@ -166,9 +166,14 @@ def _write_images(folder: Path, size: int, seeds: range) -> Path:
     return folder
 
 
+# CascadePSP crops per network pass (SelfExplorationConfig.refinement_batch_size's default).
+REFINER_BATCH_SIZE = 8
+
+
 def refiner_mode(refiner_batch_size: int | None) -> str:
-    """How CascadePSP is run: one mask per pass (the refiner's default) or batches of masks."""
-    return "per-mask" if refiner_batch_size is None else f"batched, {refiner_batch_size} masks/pass"
+    """How CascadePSP is run: crops of one shape batched ``refiner_batch_size`` per pass, in bf16."""
+    size = REFINER_BATCH_SIZE if refiner_batch_size is None else refiner_batch_size
+    return f"batched, up to {size} crops/pass, bf16"
 
 
 def check_explore(
@@ -191,15 +196,15 @@ def check_explore(
             batch_size=config.feature_batch_size,
         )
     )
-    # The refiner options: add the batch size here once CascadePSPRefiner has one.
-    options: dict[str, Any] = {} if refiner_batch_size is None else {"batch_size": refiner_batch_size}
+    batch_size = REFINER_BATCH_SIZE if refiner_batch_size is None else refiner_batch_size
     refiner = _TimedRefiner(
         CascadePSPRefiner(
             _save_random_cascadepsp(work / "cascadepsp"),
             device=str(device),
             max_side=config.refinement_max_side,
             fast=config.refinement_fast,
-            **options,
+            batch_size=batch_size,
+            precision="bf16",
         )
     )
 
@@ -220,7 +225,7 @@ def check_explore(
     return [
         (f"seconds/image at {sizes.image_size} px, CascadePSP {mode}", f"{summary.seconds / count:.3f}", "s"),
         ("  of which DINO features (image + local crops, bf16)", f"{extractor.seconds / count:.3f}", "s"),
-        (f"  of which CascadePSP ({mode}, fp32)", f"{refiner.seconds / count:.3f}", "s"),
+        (f"  of which CascadePSP ({mode})", f"{refiner.seconds / count:.3f}", "s"),
         ("  masks/image (random weights: not meaningful)", f"{summary.masks_per_image:.1f}", "masks"),
     ]
 
@@ -369,7 +374,10 @@ def main() -> None:
         "--budget-s", type=float, default=480.0, help="sections starting after this are skipped"
     )
     parser.add_argument(
-        "--refiner-batch-size", type=int, default=None, help="CascadePSP masks per pass (batched path)"
+        "--refiner-batch-size",
+        type=int,
+        default=None,
+        help=f"CascadePSP crops per pass ({REFINER_BATCH_SIZE})",
     )
     parser.add_argument(
         "--sections", default=",".join(name for name, _ in SECTIONS), help="comma-separated subset"

@@ -312,6 +312,8 @@ def sohes(monkeypatch: pytest.MonkeyPatch):
         (["--refiner", "crf"], "--refiner"),
         (["--feature", "cls"], "--feature"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--refiner-batch-size", "0"], "--refiner-batch-size"),
+        (["--refiner-precision", "int8"], "--refiner-precision"),
         (["--workers", "0"], "--workers"),
         (["--image-size", "60"], "--image-size"),
         (["--num-shards", "2"], "--num-shards/--shard-index"),

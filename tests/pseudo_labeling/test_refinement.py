@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from sohes_hf.masks import decode_mask, encode_mask
 from sohes_hf.pseudo_labeling.refinement import (
@@ -89,24 +88,3 @@ def test_bad_arguments_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "segmentation_refinement", None)
     with pytest.raises(ImportError, match=r"sohes-hf\[refine\]"):
         CascadePSPRefiner(weights_folder=tmp_path)
-
-
-@pytest.mark.slow  # builds CascadePSP (68M parameters) and runs it once: ~30 s on a 2-core CPU
-def test_cascadepsp_runs_offline_from_a_local_checkpoint(tmp_path: Path) -> None:
-    from segmentation_refinement.models.psp.pspnet import RefinementModule
-
-    torch.manual_seed(0)
-    state = {f"module.{k}": v for k, v in RefinementModule().state_dict().items()}
-    torch.save(state, tmp_path / "model")
-    refiner = build_refiner("cascadepsp", weights_folder=tmp_path, device="cpu", max_side=72)
-    assert isinstance(refiner, CascadePSPRefiner)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-    mask = np.zeros((64, 64), dtype=bool)
-    mask[10:40, 20:50] = True
-    result = refine_and_filter(image, [encode_mask(mask)], refiner, iou_threshold=0.0)
-    assert result.ious.shape == (1,) and 0.0 <= result.ious[0] <= 1.0
-    if len(result.kept_indices):  # kept unless refinement emptied the mask
-        refined = decode_mask(result.masks[0])
-        assert refined.shape == (64, 64)
-        assert result.ious[0] == pytest.approx(_brute_iou(mask, refined))

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ logger = get_logger(__name__)
 _REFINERS = ("cascadepsp", "none")
 _FEATURE_KINDS = ("keys", "queries", "values", "tokens")
 _PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_REFINER_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def register(subparsers: Any) -> None:
@@ -61,6 +63,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--refiner", default="cascadepsp", help="mask refiner: cascadepsp or none")
     parser.add_argument("--refiner-weights", help="folder holding CascadePSP's checkpoint as <folder>/model")
     parser.add_argument("--batch-size", type=int, default=8, help="images or crops per backbone pass")
+    parser.add_argument(
+        "--refiner-batch-size", type=int, default=8, help="mask crops of one shape per CascadePSP pass"
+    )
+    parser.add_argument(
+        "--refiner-precision", default="fp32", help="CascadePSP precision: fp32 (exact), bf16, fp16"
+    )
     parser.add_argument(
         "--device", help="cpu, cuda, cuda:N or mps (default: the accelerate process's device: a GPU if any)"
     )
@@ -123,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         device=str(extractor.device),
         max_side=config.refinement_max_side,
         fast=config.refinement_fast,
+        batch_size=config.refinement_batch_size,
+        precision=config.refinement_precision,
     )
     _warn_if_slow(config, str(extractor.device), extractor.patch_size)
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -280,23 +290,23 @@ def _run_merge(args: argparse.Namespace, cli_error: type[Exception]) -> int:
     return 0
 
 
+def _check_choice(flag: str, value: str, accepted: Sequence[str], cli_error: type[Exception]) -> None:
+    if value not in accepted:
+        raise cli_error(f"{flag}: {value!r} is not accepted; accepted values: {', '.join(accepted)}")
+
+
 def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tuple[Any, str | None]:
     from sohes_hf.data.image_sources import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
     from sohes_hf.pseudo_labeling.config import SelfExplorationConfig
     from sohes_hf.pseudo_labeling.explore_job import ExploreJobConfig
 
-    if args.refiner not in _REFINERS:
-        raise cli_error(
-            f"--refiner: {args.refiner!r} is not accepted; accepted values: {', '.join(_REFINERS)}"
-        )
+    _check_choice("--refiner", args.refiner, _REFINERS, cli_error)
     if args.backbone == "colour-texture" and args.feature != "keys":
         raise cli_error("--feature: only for ViT backbones; --backbone colour-texture has no keys or queries")
-    if args.feature not in _FEATURE_KINDS:
-        raise cli_error(
-            f"--feature: {args.feature!r} is not accepted; accepted values: {', '.join(_FEATURE_KINDS)}"
-        )
+    _check_choice("--feature", args.feature, _FEATURE_KINDS, cli_error)
     for flag, value in (
         ("--batch-size", args.batch_size),
+        ("--refiner-batch-size", args.refiner_batch_size),
         ("--checkpoint-every", args.checkpoint_every),
         ("--workers", args.workers),
     ):
@@ -308,10 +318,8 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
         raise cli_error(
             f"--image-size: must be a positive multiple of 8 (the ViT-B/8 patch), got {args.image_size}"
         )
-    if args.precision not in _PRECISIONS:
-        raise cli_error(
-            f"--precision: {args.precision!r} is not accepted; accepted values: {', '.join(_PRECISIONS)}"
-        )
+    _check_choice("--precision", args.precision, _PRECISIONS, cli_error)
+    _check_choice("--refiner-precision", args.refiner_precision, _REFINER_PRECISIONS, cli_error)
     for flag, limit in (
         ("--max-image-pixels", args.max_image_pixels),
         ("--max-file-bytes", args.max_file_bytes),
@@ -331,6 +339,8 @@ def _job_from_args(args: argparse.Namespace, cli_error: type[Exception]) -> tupl
             feature_kind=args.feature,
             refiner=args.refiner,
             feature_batch_size=args.batch_size,
+            refinement_batch_size=args.refiner_batch_size,
+            refinement_precision=args.refiner_precision,
             precision=args.precision,
         )
         job = ExploreJobConfig(

@@ -19,6 +19,7 @@ from typing import Any
 FEATURE_KINDS = ("keys", "queries", "values", "tokens")
 REFINER_BACKENDS = ("cascadepsp", "none")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+REFINER_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class SelfExplorationConfig:
         refinement_max_side: CascadePSP's ``L``: the side its global step works at (package
             default 900).
         refinement_fast: use CascadePSP's global step only (faster, coarser).
+        refinement_batch_size: most mask crops (or local windows) of one shape per CascadePSP pass;
+            1 runs one mask at a time like the package. Outputs do not depend on it (up to float
+            rounding in batched convolutions); memory does: ~0.6 GB per crop at L = 900 in fp32.
+        refinement_precision: CascadePSP's precision: "fp32" (the package's arithmetic and masks),
+            "bf16" or "fp16" (autocast: faster on GPU tensor cores, boundaries may move slightly).
         precision: backbone compute precision: "auto" (bf16 on a GPU that supports it, else fp16 on
             GPU, fp32 on CPU), "fp32", "fp16" or "bf16" (autocast).
     """
@@ -113,6 +119,8 @@ class SelfExplorationConfig:
     refiner: str = "cascadepsp"
     refinement_max_side: int = 900
     refinement_fast: bool = False
+    refinement_batch_size: int = 8
+    refinement_precision: str = "fp32"
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -129,6 +137,7 @@ class SelfExplorationConfig:
         _check_int(self, "max_mask_corners", minimum=0)
         if self.max_mask_corners > 4:
             raise ValueError(f"max_mask_corners: must be an integer in [0, 4], got {self.max_mask_corners!r}")
+        _check_int(self, "refinement_batch_size", minimum=1)
         thresholds = self.merge_thresholds
         if not thresholds:
             raise ValueError("merge_thresholds: need at least one threshold")
@@ -145,6 +154,7 @@ class SelfExplorationConfig:
         _check_choice(self, "feature_kind", FEATURE_KINDS)
         _check_choice(self, "refiner", REFINER_BACKENDS)
         _check_choice(self, "precision", PRECISIONS)
+        _check_choice(self, "refinement_precision", REFINER_PRECISIONS)
         for name in ("refinement_fast", "use_hole_filling"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: must be a bool, got {getattr(self, name)!r}")
