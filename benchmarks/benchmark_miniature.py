@@ -299,7 +299,7 @@ def draw_pictures(output: Path, count: int, folder: Path) -> list[Path]:
             entities = segmenters[key](pixels, threshold=PICTURE_THRESHOLD)
             panels[f"{title} (score > {PICTURE_THRESHOLD})"] = entities
         picture = _stack_panels(pixels, panels)
-        written.append(save_image(folder / f"miniature_{Path(image['file_name']).stem}.png", picture))
+        written.append(save_image(folder / f"miniature_{Path(image['file_name']).stem}.jpg", picture))
     return written
 
 
