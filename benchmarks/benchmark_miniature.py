@@ -68,8 +68,8 @@ class Sizes:
 
 
 MODES = {
-    # <= ~45 CPU minutes on a 2-core machine: explore ~1 s/image, phase 2 ~4.5 s/step, phase 3 ~3x.
-    "default": Sizes(200, 50, 128, 256, 300, 60),
+    # <= ~45 CPU minutes on 2 cores (quick run: phase 2 ~7 s, phase 3 ~16 s of CPU per step).
+    "default": Sizes(200, 50, 128, 256, 240, 40),
     "quick": Sizes(24, 8, 128, 256, 20, 4),  # under 5 minutes
     "tiny": Sizes(6, 3, 64, 128, 2, 2),  # the test's end-to-end smoke run
 }
@@ -233,8 +233,8 @@ def _model_masks_per_image(predictions: Path, num_images: int) -> float:
 def format_table(table: dict[str, Any]) -> str:
     """The result table: x100 metrics per row, the masks per image, and CPU minutes of the phase."""
     columns = ("AR@100", "AP", "AR_wholes", "AR_parts", "AR_subparts", "link_precision", "link_recall")
-    headers = ("AR@100", "AP", "AR wholes", "AR parts", "AR subparts", "link P", "link R")
-    headers += ("masks/img", "CPU min")
+    headers = ["AR@100", "AP", "AR wholes", "AR parts", "AR subparts", "link P", "link R"]
+    headers += ["masks/img", "CPU min"]
     width = max(len(label) for label, _ in ROWS)
     lines = [f"{'':<{width}}" + "".join(f"{h:>12}" for h in headers)]
     phases = {"pseudo_labels": "phase 1", "phase2": "phase 2", "phase3": "phase 3"}
