@@ -201,3 +201,27 @@ def test_training_images_log_what_they_drop_and_why(tmp_path: Path, caplog: pyte
         "in the pseudo-label file but no such file under image_root": 1,
     }
     assert "sa_2.jpg" in caplog.text and "sa_5.jpg" in caplog.text
+
+
+def test_a_file_without_depth_gets_it_from_the_parent_links(tmp_path: Path) -> None:
+    """``depth`` is redundant with ``parent_id``: derived when absent, in every store."""
+    data = _labels()
+    depth_of: dict[int, int] = {}
+    for annotation in data["annotations"]:  # the fixture's own depths, recomputed independently
+        parent = annotation.get("parent_id")
+        depth_of[annotation["id"]] = 0 if parent is None else depth_of[parent] + 1
+        del annotation["depth"]
+    assert max(depth_of.values()) >= 1, "the fixture must have children"
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(data))
+    stores = [JsonPseudoLabelStore.from_files(path)]
+    for suffix, store in ((".arrow", ArrowPseudoLabelStore), (".parquet", ParquetPseudoLabelStore)):
+        convert_pseudo_labels(path, tmp_path / f"labels{suffix}")
+        stores.append(store(tmp_path / f"labels{suffix}"))
+    for store in stores:
+        for image_id in (1, 2, 3):
+            image = store.get(image_id)
+            assert image is not None
+            assert {label.id: label.depth for label in image.labels} == {
+                a["id"]: depth_of[a["id"]] for a in data["annotations"] if a["image_id"] == image_id
+            }

@@ -22,6 +22,8 @@ Self-exploration writes COCO JSON shards (contract in COMMON.md): ``images`` wit
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -126,10 +128,28 @@ def _parse_label(raw: Mapping[str, Any], where: str) -> PseudoLabel:
             segmentation={"size": [_integer(s) for s in segmentation["size"]], "counts": counts},
             score=float(raw.get("score", 1.0)),
             parent_id=None if parent is None else _integer(parent),
-            depth=_integer(raw.get("depth", 0)),
+            depth=_integer(raw["depth"]) if "depth" in raw else _DEPTH_FROM_PARENTS,
         )
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where} (id {raw.get('id')!r}): {error}") from error
+
+
+# ``depth`` is redundant with ``parent_id``: a file without it (e.g. ground truth made elsewhere)
+# gets it from the parent links; a file with it must agree with them (``check_label_columns``).
+_DEPTH_FROM_PARENTS = -1
+
+
+def _fill_depths(labels: Sequence[PseudoLabel]) -> tuple[PseudoLabel, ...]:
+    """Labels with a missing depth set to 0 for roots and the parent's depth + 1 (parents first)."""
+    depth_of: dict[int, int] = {}
+    filled = []
+    for label in labels:
+        if label.depth == _DEPTH_FROM_PARENTS:
+            parent_depth = depth_of.get(label.parent_id, -1) if label.parent_id is not None else -1
+            label = dataclasses.replace(label, depth=parent_depth + 1)
+        depth_of[label.id] = label.depth
+        filled.append(label)
+    return tuple(filled)
 
 
 def _integer(value: Any) -> int:
@@ -264,7 +284,7 @@ def _parse_file(path: Path) -> list[ImagePseudoLabels]:
                 file_name=str(_field(image, "file_name", where)),
                 width=width,
                 height=height,
-                labels=tuple(by_image[image_id]),
+                labels=_fill_depths(by_image[image_id]),
             )
         )
     check_label_columns(_columns(parsed), f"pseudo-label file {path}")  # the whole file, one pass
