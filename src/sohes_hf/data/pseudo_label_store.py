@@ -23,7 +23,6 @@ Self-exploration writes COCO JSON shards (contract in COMMON.md): ``images`` wit
 from __future__ import annotations
 
 import dataclasses
-
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
