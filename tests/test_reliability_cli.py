@@ -7,6 +7,7 @@ had loaded. Each test builds the fault and runs the command in a subprocess.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -27,42 +28,28 @@ from sohes_hf.training.config import load_training_config
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
-# Runs ``sohes``; with SOHES_TEST_READONLY=DIR, writes under DIR fail with EROFS as on a read-only
-# mount (the tests may run as root, for whom chmod protects nothing).
-_CHILD = """
-import errno, io, os, sys
-readonly = os.environ.get("SOHES_TEST_READONLY")
-if readonly:
-    import builtins
-    def _inside(path):
-        if not isinstance(path, (str, bytes, os.PathLike)):
-            return False
-        return os.path.abspath(os.fsdecode(path)).startswith(readonly)
-    def _refuse(path):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
-    _os_open, _mkdir, _io_open = os.open, os.mkdir, io.open
-    def _open(path, flags, *args, **kwargs):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and _inside(path):
-            _refuse(path)
-        return _os_open(path, flags, *args, **kwargs)
-    def _make_dir(path, *args, **kwargs):
-        if _inside(path):
-            _refuse(path)
-        return _mkdir(path, *args, **kwargs)
-    def _file_open(file, mode="r", *args, **kwargs):
-        if any(c in mode for c in "wax+") and _inside(file):
-            _refuse(file)
-        return _io_open(file, mode, *args, **kwargs)
-    os.open, os.mkdir, io.open, builtins.open = _open, _make_dir, _file_open, _file_open
-from sohes_hf.cli.main import main
-sys.exit(main())
-"""
+
+def _fault_injection_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "sohes_fault_injection", REPO / "benchmarks/fault_injection.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# Runs ``sohes``; with SOHES_FAULT_READONLY=DIR, writes under DIR fail with EROFS as on a read-only
+# mount (the tests may run as root, for whom chmod protects nothing). The fault-injection script's
+# own child, so the test and the benchmark simulate the same read-only disk.
+_CHILD: str = _fault_injection_module().CHILD
 
 
 def _sohes(*args: str, readonly: Path | None = None, max_file_bytes: int | None = None) -> Any:
     env = dict(ENV)
     if readonly is not None:
-        env["SOHES_TEST_READONLY"] = str(readonly)
+        env["SOHES_FAULT_READONLY"] = str(readonly)
 
     def limit() -> None:  # a full disk: writes past max_file_bytes fail with EFBIG
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
