@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.data.fixtures import add_tar_member
 from tests.test_bad_inputs_cli import _assert_clean_refusal, _sohes
 
 from sohes_hf.modeling.testing_utils import tiny_dino_vit
@@ -39,14 +40,6 @@ def _jpeg(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def _add(
-    tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = ""
-) -> None:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
-    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-
 def _explore(vit_dir: Path, output: Path, *inputs: Path) -> Any:
     return _sohes("explore", *map(str, inputs), "--output", str(output), "--backbone", str(vit_dir),
                   "--refiner", "none", "--image-size", "64", "--no-progress", "--device", "cpu")  # fmt: skip
@@ -59,14 +52,14 @@ def _shard(output: Path, suffix: str) -> Any:
 def test_cut_pack_with_hostile_members_labels_what_is_readable(vit_dir: Path, tmp_path: Path) -> None:
     full = tmp_path / "full.tar"
     with tarfile.open(full, "w") as tar:
-        _add(tar, "sa_1.jpg", _jpeg(1))
-        _add(tar, "sa_2.jpg", kind=tarfile.SYMTYPE, link="../../../etc/passwd")
-        _add(tar, "../sa_3.jpg", _jpeg(3))
-        _add(tar, "sa_4.jpg", _jpeg(4))
-        _add(tar, "sa_4.jpg", _jpeg(5))  # a duplicate name
-        _add(tar, "sa_6.jpg", _jpeg(6))
-        _add(tar, "sa_7.jpg", _jpeg(7))
-        _add(tar, "sa_8.jpg", _jpeg(8))
+        add_tar_member(tar, "sa_1.jpg", _jpeg(1))
+        add_tar_member(tar, "sa_2.jpg", kind=tarfile.SYMTYPE, link="../../../etc/passwd")
+        add_tar_member(tar, "../sa_3.jpg", _jpeg(3))
+        add_tar_member(tar, "sa_4.jpg", _jpeg(4))
+        add_tar_member(tar, "sa_4.jpg", _jpeg(5))  # a duplicate name
+        add_tar_member(tar, "sa_6.jpg", _jpeg(6))
+        add_tar_member(tar, "sa_7.jpg", _jpeg(7))
+        add_tar_member(tar, "sa_8.jpg", _jpeg(8))
     with tarfile.open(full) as tar:
         cut_member = tar.getmember("sa_7.jpg")
     pack = tmp_path / "sa_000000.tar"  # an interrupted download: cut inside sa_7.jpg

@@ -191,3 +191,12 @@ def write_pseudo_labels(path: Path, images: list[FixtureImage], **kwargs: Any) -
     data = pseudo_label_coco(images, **kwargs)
     path.write_text(json.dumps(data))
     return data
+
+
+def add_tar_member(
+    tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> None:
+    """Adds one member of any kind (regular file with ``data``, link to ``link``, device, FIFO)."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)

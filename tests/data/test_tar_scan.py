@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tests.data.fixtures import add_tar_member
 
 from sohes_hf.data.image_sources import ImageReader, ImageReadError, InputListingError, list_images
 from sohes_hf.data.tar_scan import InputProblem, scan_tar
@@ -21,20 +22,12 @@ def _jpeg(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def _add(
-    tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = ""
-) -> None:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
-    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-
 def _pack(path: Path, numbers: tuple[int, ...] = (1, 2, 3)) -> dict[str, tarfile.TarInfo]:
     """sa_N.jpg + sa_N.json pairs; returns the members as tarfile reads the complete pack."""
     with tarfile.open(path, "w") as tar:
         for number in numbers:
-            _add(tar, f"sa_{number}.jpg", _jpeg(number))
-            _add(tar, f"sa_{number}.json", b'{"annotations": []}' * 40)
+            add_tar_member(tar, f"sa_{number}.jpg", _jpeg(number))
+            add_tar_member(tar, f"sa_{number}.json", b'{"annotations": []}' * 40)
     with tarfile.open(path) as tar:
         return {info.name: info for info in tar.getmembers()}
 
@@ -115,18 +108,18 @@ def test_garbage_after_the_members_is_reported(tmp_path: Path) -> None:
 def test_links_devices_unsafe_names_and_duplicates_are_skipped_and_reported(tmp_path: Path) -> None:
     pack = tmp_path / "hostile.tar"
     with tarfile.open(pack, "w") as tar:
-        _add(tar, "sa_1.jpg", _jpeg(1))
-        _add(tar, "sa_2.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd")
-        _add(tar, "sa_3.jpg", kind=tarfile.LNKTYPE, link="sa_1.jpg")
-        _add(tar, "sa_4.jpg", kind=tarfile.CHRTYPE)
-        _add(tar, "sa_5.jpg", kind=tarfile.FIFOTYPE)
-        _add(tar, "../sa_6.jpg", _jpeg(6))
-        _add(tar, "/abs/sa_7.jpg", _jpeg(7))
-        _add(tar, "sa_8.jpg", _jpeg(8))
-        _add(tar, "sub/sa_8.jpg", _jpeg(9))
-        _add(tar, "../../evil.sh", b"rm -rf /")
-        _add(tar, "link_out", kind=tarfile.SYMTYPE, link="../../../etc/shadow")
-        _add(tar, "sa_1.json", b"{}")
+        add_tar_member(tar, "sa_1.jpg", _jpeg(1))
+        add_tar_member(tar, "sa_2.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        add_tar_member(tar, "sa_3.jpg", kind=tarfile.LNKTYPE, link="sa_1.jpg")
+        add_tar_member(tar, "sa_4.jpg", kind=tarfile.CHRTYPE)
+        add_tar_member(tar, "sa_5.jpg", kind=tarfile.FIFOTYPE)
+        add_tar_member(tar, "../sa_6.jpg", _jpeg(6))
+        add_tar_member(tar, "/abs/sa_7.jpg", _jpeg(7))
+        add_tar_member(tar, "sa_8.jpg", _jpeg(8))
+        add_tar_member(tar, "sub/sa_8.jpg", _jpeg(9))
+        add_tar_member(tar, "../../evil.sh", b"rm -rf /")
+        add_tar_member(tar, "link_out", kind=tarfile.SYMTYPE, link="../../../etc/shadow")
+        add_tar_member(tar, "sa_1.json", b"{}")
     problems: list[InputProblem] = []
     entries = list_images([pack], problems)
     assert _ids(entries) == ([1], [2, 3, 4, 5, 6, 7, 8])
