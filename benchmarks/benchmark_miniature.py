@@ -9,7 +9,7 @@ subprocess, and evaluates all three on the same validation images with ``sohes e
 2. Phase 1, ``sohes explore --backbone colour-texture --refiner none`` on the train images (the
    training labels) and on the val images (to measure the pseudo-labels themselves).
 3. Phase 2, ``sohes train --phase self-instruction --cpu`` with the recipe ``--recipe`` (default
-   ``examples/configs/tiny_cpu.yaml``, read when the script runs) and ``-o`` overrides for the data,
+   ``examples/configs/miniature_cpu.yaml``, read when the script runs) and ``-o`` overrides for the data,
    the canvas size, the step count and the query count (printed before each run).
 4. Phase 3, ``sohes train --phase self-correction --cpu``, same recipe, started from phase 2's model.
 5. ``sohes evaluate`` (AR@100, AP, AR per depth, parent-link P/R) of the val pseudo-labels, of the
@@ -41,7 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
-DEFAULT_RECIPE = ROOT / "examples" / "configs" / "tiny_cpu.yaml"
+DEFAULT_RECIPE = ROOT / "examples" / "configs" / "miniature_cpu.yaml"
 MIN_QUERIES = 50
 """Queries of the trained model, at least: a scene has about 17-20 ground-truth masks at 128 px,
 and AR@100 would be capped by a smaller query count (tiny_cpu.yaml's 8 are for smoke tests)."""
@@ -68,11 +68,11 @@ class Sizes:
 
 
 MODES = {
-    # Measured on the 2-core machine when quiet: phase 2 ~0.46 s, phase 3 ~1.1 s of CPU per step
-    # (240 + 40 steps took 3.3 CPU minutes in all); 1,200 + 200 steps stay well within ~45 minutes.
-    "default": Sizes(200, 50, 128, 256, 1200, 200),
+    # miniature_cpu.yaml (batch 8) on the 2-core machine: phase 2 ~2.3 s of wall-clock per step with
+    # 2 threads, phase 3 about twice that (the teacher's forward pass); 600 + 100 steps fit ~45 minutes.
+    "default": Sizes(200, 50, 128, 256, 600, 100),
     "quick": Sizes(24, 8, 128, 256, 20, 4),  # under 5 minutes
-    "tiny": Sizes(6, 3, 64, 128, 2, 2),  # the test's end-to-end smoke run
+    "tiny": Sizes(6, 3, 64, 128, 2, 2),  # the test's end-to-end smoke run (with tiny_cpu.yaml)
 }
 
 
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="--mode quick")
     parser.add_argument("--tiny", action="store_const", const="tiny", dest="mode", help="--mode tiny")
     parser.add_argument("--output", type=Path, help="keep every intermediate output and the JSON table here")
-    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe (tiny_cpu.yaml)")
+    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe (examples/configs/miniature_cpu.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="dataset and training seed")
     parser.add_argument("--pictures", type=int, default=0, metavar="N", help="draw the first N val images")
     parser.add_argument("--pictures-dir", type=Path, help="where the pictures go (default: OUTPUT/pictures)")

@@ -36,7 +36,8 @@ def test_tiny_mode_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     output = tmp_path / "run"
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--output", str(output), "--pictures", "1"],
+        [sys.executable, str(SCRIPT), "--tiny", "--recipe", str(ROOT / "examples" / "configs" / "tiny_cpu.yaml"),
+         "--output", str(output), "--pictures", "1"],
         capture_output=True, text=True, env=env, timeout=1200, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
