@@ -169,6 +169,21 @@ def test_paper_recipes_load_with_paper_values() -> None:
     SohesConfig(**tiny.model_config)  # the tiny model config is a valid SohesConfig
 
 
+@pytest.mark.parametrize("phase", ["self-instruction", "self-correction"])
+def test_miniature_recipe_loads_for_both_phases(phase: str) -> None:
+    """benchmarks/benchmark_miniature.py trains both phases with this file."""
+    overrides = ["model_name_or_path=phase2"] if phase == "self-correction" else []
+    recipe = load_training_config(REPO / "examples/configs/miniature_cpu.yaml", phase, overrides)
+    assert recipe.global_batch_size == recipe.per_device_train_batch_size == 8
+    assert recipe.backbone_learning_rate_multiplier == 1.0  # random init: nothing to protect
+    config = SohesConfig(**recipe.model_config)
+    assert (config.train_num_points, config.num_queries) == (1024, 50)
+    model = SohesForHierarchicalSegmentation(config)
+    with torch.no_grad():
+        outputs = model(pixel_values=torch.zeros(1, 3, 128, 128))
+    assert outputs.masks_queries_logits.shape == (1, 50, 32, 32)
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [
