@@ -14,7 +14,8 @@ the region owns (offsets into its segment).
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numba
 import numpy as np
@@ -36,7 +37,7 @@ _TINY_NORM = 1e-30
 
 
 @intrinsic
-def _fma(typingctx: Any, x: Any, y: Any, z: Any) -> Any:  # pragma: no cover - compiled
+def _fma_intrinsic(typingctx: Any, x: Any, y: Any, z: Any) -> Any:  # pragma: no cover - compiled
     """``x * y + z`` rounded once (LLVM's ``llvm.fma.f64``), for float64 arguments.
 
     In the dot products the product of two float32 values is exact in float64 (48 significant bits), so
@@ -51,6 +52,10 @@ def _fma(typingctx: Any, x: Any, y: Any, z: Any) -> Any:  # pragma: no cover - c
         return builder.fma(*args)
 
     return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+# The intrinsic under a callable type for mypy (numba resolves the same object).
+_fma = cast(Callable[[float, float, float], float], _fma_intrinsic)
 
 
 @numba.njit(cache=True, inline="always")
