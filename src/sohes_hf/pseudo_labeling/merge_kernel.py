@@ -14,11 +14,15 @@ the region owns (offsets into its segment).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, cast
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
-_LANES = 64  # summation lanes of _dot (see the module docstring)
+_LANES = 64  # summation lanes of _dot_wide (see the module docstring)
 # Safety margins of the similarity bounds (see ``_upper_similarity``). A computed cosine is
 # within 1e-12 of the true cosine of the stored float32 vectors (float64 sums of exact products:
 # the error of a 768-term sum is below 1e-13 relative), and so are computed norms.
@@ -32,25 +36,31 @@ _ROUNDING_SLACK = 5.97e-8
 _TINY_NORM = 1e-30
 
 
-@numba.njit(cache=True, inline="always")
-def _dot(x: np.ndarray, i: int, y: np.ndarray, j: int, lanes: np.ndarray) -> float:  # pragma: no cover
-    """Dot product of rows ``x[i]`` and ``y[j]`` (float32) in float64 with a fixed summation order.
+@intrinsic
+def _fma_intrinsic(typingctx: Any, x: Any, y: Any, z: Any) -> Any:  # pragma: no cover - compiled
+    """``x * y + z`` rounded once (LLVM's ``llvm.fma.f64``), for float64 arguments.
 
-    Channel ``k`` goes to lane ``k % 64`` (lanes summed in increasing ``k``); the 64 lanes are
-    then halved pairwise: ``lane[l] += lane[l + w]`` for ``w = 32, 16, ..., 1``. Every step is
-    element-wise, so LLVM vectorises it without ``fastmath`` (about 3x faster than a scalar
-    loop here), and the result is reproducible bit for bit. ``lanes`` is (64,) scratch. Rows
-    are indexed in place (a row view would cost reference counting in the hot loop).
+    In the dot products the product of two float32 values is exact in float64 (48 significant bits), so
+    ``fma(x, y, lane)`` rounds ``x * y + lane`` exactly as a multiplication followed by an
+    addition does: the result is bit for bit the documented one, with one instruction less
+    per step (numba only forms fused operations under ``fastmath``, which also reorders sums).
     """
-    for lane in range(_LANES):
-        lanes[lane] = 0.0
-    size = x.shape[1]
-    body = size - size % _LANES
-    for start in range(0, body, _LANES):
-        for lane in range(_LANES):
-            lanes[lane] += np.float64(x[i, start + lane]) * np.float64(y[j, start + lane])
-    for k in range(body, size):
-        lanes[k - body] += np.float64(x[i, k]) * np.float64(y[j, k])
+    if not all(arg == types.float64 for arg in (x, y, z)):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.fma(*args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+# The intrinsic under a callable type for mypy (numba resolves the same object).
+_fma = cast(Callable[[float, float, float], float], _fma_intrinsic)
+
+
+@numba.njit(cache=True, inline="always")
+def _halve_lanes(lanes: np.ndarray) -> float:  # pragma: no cover - compiled
+    """Sums the 64 lanes pairwise: ``lane[l] += lane[l + w]`` for ``w = 32, 16, ..., 1``."""
     width = _LANES // 2
     while width >= 1:
         for lane in range(width):
@@ -60,12 +70,65 @@ def _dot(x: np.ndarray, i: int, y: np.ndarray, j: int, lanes: np.ndarray) -> flo
 
 
 @numba.njit(cache=True, inline="always")
-def _similarity(
-    x: np.ndarray, i: int, norm_x: float, y: np.ndarray, j: int, norm_y: float, lanes: np.ndarray
-) -> float:  # pragma: no cover - compiled
-    if norm_x > 0.0 and norm_y > 0.0:
-        return _dot(x, i, y, j, lanes) / (norm_x * norm_y)
-    return 0.0
+def _dot(x: np.ndarray, i: int, y: np.ndarray, j: int, lanes: np.ndarray) -> float:  # pragma: no cover
+    """``_dot_wide`` of two float32 rows ``x[i]`` and ``y[j]``, both converted on the fly."""
+    for lane in range(_LANES):
+        lanes[lane] = 0.0
+    size = x.shape[1]
+    body = size - size % _LANES
+    for start in range(0, body, _LANES):
+        for lane in range(_LANES):
+            lanes[lane] = _fma(np.float64(x[i, start + lane]), np.float64(y[j, start + lane]), lanes[lane])
+    for k in range(body, size):
+        lanes[k - body] = _fma(np.float64(x[i, k]), np.float64(y[j, k]), lanes[k - body])
+    return _halve_lanes(lanes)
+
+
+@numba.njit(cache=True, inline="always")
+def _dot_wide(v: np.ndarray, y: np.ndarray, j: int, lanes: np.ndarray) -> float:  # pragma: no cover
+    """Dot product of the float32 rows ``v`` and ``y[j]`` in float64 with a fixed summation order.
+
+    ``v`` is the first row already widened to float64 ((C,), exact float32 values): the
+    float32 -> float64 conversions limit the throughput here, and one row takes part in many
+    products (a patch in its norm and two edges; the region being worked on in every edge it
+    evaluates). Channel ``k`` goes to lane ``k % 64`` (lanes summed in increasing ``k``); the 64
+    lanes are then halved pairwise: ``lane[l] += lane[l + w]`` for ``w = 32, 16, ..., 1``. Every
+    step is element-wise, so LLVM vectorises it without ``fastmath`` (about 3x faster than a
+    scalar loop here), and the result is reproducible bit for bit. ``lanes`` is (64,) scratch.
+    Rows are indexed in place (a row view would cost reference counting in the hot loop).
+    """
+    for lane in range(_LANES):
+        lanes[lane] = 0.0
+    size = v.shape[0]
+    body = size - size % _LANES
+    for start in range(0, body, _LANES):
+        for lane in range(_LANES):
+            lanes[lane] = _fma(v[start + lane], np.float64(y[j, start + lane]), lanes[lane])
+    for k in range(body, size):
+        lanes[k - body] = _fma(v[k], np.float64(y[j, k]), lanes[k - body])
+    return _halve_lanes(lanes)
+
+
+@numba.njit(cache=True, inline="always")
+def _squared_norm_wide(v: np.ndarray, lanes: np.ndarray) -> float:  # pragma: no cover - compiled
+    """``_dot_wide`` of a widened row with itself (the squared norm)."""
+    for lane in range(_LANES):
+        lanes[lane] = 0.0
+    size = v.shape[0]
+    body = size - size % _LANES
+    for start in range(0, body, _LANES):
+        for lane in range(_LANES):
+            lanes[lane] = _fma(v[start + lane], v[start + lane], lanes[lane])
+    for k in range(body, size):
+        lanes[k - body] = _fma(v[k], v[k], lanes[k - body])
+    return _halve_lanes(lanes)
+
+
+@numba.njit(cache=True, inline="always")
+def _widen(x: np.ndarray, i: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[:] = float64(x[i])`` (exact)."""
+    for c in range(out.shape[0]):
+        out[c] = np.float64(x[i, c])
 
 
 @numba.njit(cache=True, inline="always")
@@ -79,14 +142,38 @@ def _region_similarity(
     lanes: np.ndarray,
 ) -> float:  # pragma: no cover - compiled
     """Similarity of regions ``r`` and ``s`` (patches: rows of ``features``; merged: rows of ``means``)."""
+    norm_r, norm_s = norms[r], norms[s]
+    if not (norm_r > 0.0 and norm_s > 0.0):
+        return 0.0
     num_patches = features.shape[0]
     if r < num_patches:
         if s < num_patches:
-            return _similarity(features, r, norms[r], features, s, norms[s], lanes)
-        return _similarity(features, r, norms[r], means, slot_of[s], norms[s], lanes)
+            return _dot(features, r, features, s, lanes) / (norm_r * norm_s)
+        return _dot(features, r, means, slot_of[s], lanes) / (norm_r * norm_s)
     if s < num_patches:
-        return _similarity(means, slot_of[r], norms[r], features, s, norms[s], lanes)
-    return _similarity(means, slot_of[r], norms[r], means, slot_of[s], norms[s], lanes)
+        return _dot(means, slot_of[r], features, s, lanes) / (norm_r * norm_s)
+    return _dot(means, slot_of[r], means, slot_of[s], lanes) / (norm_r * norm_s)
+
+
+@numba.njit(cache=True, inline="always")
+def _similarity_to_wide(
+    wide: np.ndarray,
+    norm_wide: float,
+    n: int,
+    features: np.ndarray,
+    means: np.ndarray,
+    slot_of: np.ndarray,
+    norms: np.ndarray,
+    lanes: np.ndarray,
+) -> float:  # pragma: no cover - compiled
+    """Similarity of region ``n`` (a patch: row of ``features``; merged: row of ``means``) and a
+    region whose feature row is ``wide`` (widened to float64, norm ``norm_wide``)."""
+    norm_n = norms[n]
+    if not (norm_n > 0.0 and norm_wide > 0.0):
+        return 0.0
+    if n < features.shape[0]:
+        return _dot_wide(wide, features, n, lanes) / (norm_n * norm_wide)
+    return _dot_wide(wide, means, slot_of[n], lanes) / (norm_n * norm_wide)
 
 
 @numba.njit(cache=True, inline="always")
@@ -285,6 +372,7 @@ def _initial_edges(
     features: np.ndarray,
     height: int,
     width: int,
+    wide: np.ndarray,
     norms: np.ndarray,
     floor: float,
     nbr: np.ndarray,
@@ -296,7 +384,7 @@ def _initial_edges(
     adj_len: np.ndarray,
     heap_len: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
-    """Patch segments: exact similarities, ranks in raster order (right before down).
+    """Patch norms (into ``norms``) and segments: exact similarities, ranks in raster order.
 
     Every patch lists all four neighbours (the similarity is stored on both sides, so a merge
     finds it from either end) but owns, in its heap, only the edges to its right and lower
@@ -308,14 +396,24 @@ def _initial_edges(
     down_sim = np.zeros(num_patches, dtype=np.float64)
     right_rank = np.zeros(num_patches, dtype=np.int64)
     down_rank = np.zeros(num_patches, dtype=np.int64)
+    # Each patch row is widened to float64 once and serves its norm and its two edges.
+    for p in range(num_patches):
+        _widen(features, p, wide)
+        norms[p] = math.sqrt(_squared_norm_wide(wide, lanes))
+        if p % width + 1 < width:
+            right_sim[p] = _dot_wide(wide, features, p + 1, lanes)
+        if p + width < num_patches:
+            down_sim[p] = _dot_wide(wide, features, p + width, lanes)
     num_edges = 0
     for p in range(num_patches):
         if p % width + 1 < width:
-            right_sim[p] = _similarity(features, p, norms[p], features, p + 1, norms[p + 1], lanes)
+            norm_product = norms[p] * norms[p + 1]
+            right_sim[p] = right_sim[p] / norm_product if norms[p] > 0.0 and norms[p + 1] > 0.0 else 0.0
             right_rank[p] = num_edges
             num_edges += 1
         if p + width < num_patches:
-            down_sim[p] = _similarity(features, p, norms[p], features, p + width, norms[p + width], lanes)
+            norm_product = norms[p] * norms[p + width]
+            down_sim[p] = down_sim[p] / norm_product if norms[p] > 0.0 and norms[p + width] > 0.0 else 0.0
             down_rank[p] = num_edges
             num_edges += 1
     pool_size = 0
@@ -565,15 +663,28 @@ def _region_top(
 
 @numba.njit(cache=True, inline="always")
 def _weighted_mean(
-    x: np.ndarray, i: int, weight_x: float, y: np.ndarray, j: int, weight_y: float, out: np.ndarray, row: int
+    x: np.ndarray,
+    i: int,
+    weight_x: float,
+    y: np.ndarray,
+    j: int,
+    weight_y: float,
+    out: np.ndarray,
+    row: int,
+    wide: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
     """``out[row] = float32((w_x x[i] + w_y y[j]) / (w_x + w_y))`` per channel, in float64.
 
-    ``out[row]`` may be ``x[i]`` or ``y[j]`` itself: each channel is read before it is written.
+    The result also goes to ``wide`` (widened to float64) first: ``out[row]`` may be ``x[i]`` or
+    ``y[j]`` itself, which keeps LLVM from vectorising a loop that writes ``out`` directly.
     """
     total = weight_x + weight_y
-    for c in range(out.shape[1]):
-        out[row, c] = np.float32((weight_x * np.float64(x[i, c]) + weight_y * np.float64(y[j, c])) / total)
+    for c in range(wide.shape[0]):
+        wide[c] = np.float64(
+            np.float32((weight_x * np.float64(x[i, c]) + weight_y * np.float64(y[j, c])) / total)
+        )
+    for c in range(wide.shape[0]):
+        out[row, c] = np.float32(wide[c])
 
 
 @numba.njit(cache=True, inline="always")
@@ -589,11 +700,13 @@ def _merge_features(
     free_slots: np.ndarray,
     num_free: int,
     lanes: np.ndarray,
+    wide: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
     """Feature (the paper's ``f_k = (a_i f_i + a_j f_j) / (a_i + a_j)``), norm and slot of ``k``.
 
     Slots are recycled last-in first-out, so ``k`` usually takes the slot of ``a`` or ``b`` and
-    is computed in place. Returns the new number of free slots.
+    is computed in place. ``k``'s feature is also left in ``wide`` (widened to float64). Returns
+    the new number of free slots.
     """
     areas[k] = areas[a] + areas[b]
     slot_a, slot_b = slot_of[a], slot_of[b]
@@ -609,14 +722,14 @@ def _merge_features(
     num_patches = features.shape[0]
     if a < num_patches:
         if b < num_patches:
-            _weighted_mean(features, a, weight_a, features, b, weight_b, means, slot)
+            _weighted_mean(features, a, weight_a, features, b, weight_b, means, slot, wide)
         else:
-            _weighted_mean(features, a, weight_a, means, slot_b, weight_b, means, slot)
+            _weighted_mean(features, a, weight_a, means, slot_b, weight_b, means, slot, wide)
     elif b < num_patches:
-        _weighted_mean(means, slot_a, weight_a, features, b, weight_b, means, slot)
+        _weighted_mean(means, slot_a, weight_a, features, b, weight_b, means, slot, wide)
     else:
-        _weighted_mean(means, slot_a, weight_a, means, slot_b, weight_b, means, slot)
-    norms[k] = math.sqrt(_dot(means, slot, means, slot, lanes))
+        _weighted_mean(means, slot_a, weight_a, means, slot_b, weight_b, means, slot, wide)
+    norms[k] = math.sqrt(_squared_norm_wide(wide, lanes))
     return num_free
 
 
@@ -640,6 +753,7 @@ def _merge_levels(
     owner: np.ndarray,
     alive: np.ndarray,
     lanes: np.ndarray,
+    wide: np.ndarray,
     nbr: np.ndarray,
     keys: np.ndarray,
     ranks: np.ndarray,
@@ -664,6 +778,10 @@ def _merge_levels(
     num_patches = features.shape[0]
     floor = thresholds[-1]
     next_region = num_patches
+    # The region whose feature row is in `wide` (widened to float64): the region being worked
+    # on evaluates its edges one after another, each against that row.
+    wide_region = -1
+    last_evaluated = -1
 
     for level in range(thresholds.shape[0]):
         threshold = thresholds[level]
@@ -699,7 +817,20 @@ def _merge_levels(
                     continue
                 break
             if not exact[top]:
-                keys[top] = _region_similarity(neighbour, region, features, means, slot_of, norms, lanes)
+                if wide_region != region and last_evaluated == region:
+                    # A second evaluation in a row for this region: more are likely, widen its row.
+                    if region < num_patches:
+                        _widen(features, region, wide)
+                    else:
+                        _widen(means, slot_of[region], wide)
+                    wide_region = region
+                if wide_region == region:
+                    keys[top] = _similarity_to_wide(
+                        wide, norms[region], neighbour, features, means, slot_of, norms, lanes
+                    )
+                else:
+                    keys[top] = _region_similarity(neighbour, region, features, means, slot_of, norms, lanes)
+                last_evaluated = region
                 exact[top] = True
                 _local_sift_down(order, keys, ranks, start, heap_len[region], 0)
                 continue
@@ -714,8 +845,9 @@ def _merge_levels(
             owner[a] = k
             owner[b] = k
             num_free = _merge_features(
-                a, b, k, features, areas, norms, means, slot_of, free_slots, num_free, lanes
+                a, b, k, features, areas, norms, means, slot_of, free_slots, num_free, lanes, wide
             )
+            wide_region = k
             # A lower bound of the true cos(a, b) (-1: no direction when a feature is zero).
             cos_ab = -1.0
             if norms[a] > 0.0 and norms[b] > 0.0:
@@ -788,8 +920,7 @@ def _merge_kernel(
     alive = np.zeros(max_regions, dtype=np.bool_)
     alive[:num_patches] = True
     lanes = np.empty(_LANES, dtype=np.float64)
-    for p in range(num_patches):
-        norms[p] = math.sqrt(_dot(features, p, features, p, lanes))
+    wide = np.empty(features.shape[1], dtype=np.float64)
 
     # A region lists at most one neighbour per patch edge of its boundary (<= 4 x its area), and
     # the alive regions partition the grid, so the live segments plus a new one never exceed
@@ -806,7 +937,20 @@ def _merge_kernel(
     adj_len = np.zeros(max_regions, dtype=np.int32)
     heap_len = np.zeros(max_regions, dtype=np.int32)
     pool_size = _initial_edges(
-        features, height, width, norms, floor, nbr, keys, ranks, exact, order, adj_start, adj_len, heap_len
+        features,
+        height,
+        width,
+        wide,
+        norms,
+        floor,
+        nbr,
+        keys,
+        ranks,
+        exact,
+        order,
+        adj_start,
+        adj_len,
+        heap_len,
     )
 
     # Global heap of each region's top edge: at most one entry per region is pushed per pop,
@@ -846,6 +990,7 @@ def _merge_kernel(
         owner,
         alive,
         lanes,
+        wide,
         nbr,
         keys,
         ranks,
