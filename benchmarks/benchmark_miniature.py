@@ -356,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="--mode quick")
     parser.add_argument("--tiny", action="store_const", const="tiny", dest="mode", help="--mode tiny")
     parser.add_argument("--output", type=Path, help="keep every intermediate output and the JSON table here")
-    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe (examples/configs/miniature_cpu.yaml)")
+    parser.add_argument(
+        "--recipe", type=Path, default=DEFAULT_RECIPE, help="training recipe (miniature_cpu.yaml)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="dataset and training seed")
     parser.add_argument("--pictures", type=int, default=0, metavar="N", help="draw the first N val images")
     parser.add_argument("--pictures-dir", type=Path, help="where the pictures go (default: OUTPUT/pictures)")

@@ -19,6 +19,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "benchmark_miniature.py"
+TINY_RECIPE = ROOT / "examples" / "configs" / "tiny_cpu.yaml"
 ROW_LABELS = {
     "pseudo_labels": "pseudo-labels (phase 1)",
     "phase2": "phase-2 model",
@@ -36,7 +37,7 @@ def test_tiny_mode_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     output = tmp_path / "run"
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--recipe", str(ROOT / "examples" / "configs" / "tiny_cpu.yaml"),
+        [sys.executable, str(SCRIPT), "--tiny", "--recipe", str(TINY_RECIPE),
          "--output", str(output), "--pictures", "1"],
         capture_output=True, text=True, env=env, timeout=1200, check=False,
     )  # fmt: skip
