@@ -68,8 +68,8 @@ class Sizes:
 
 
 MODES = {
-    # miniature_cpu.yaml (batch 8) on the 2-core machine: phase 2 ~2.3 s of wall-clock per step with
-    # 2 threads, phase 3 about twice that (the teacher's forward pass); 600 + 100 steps fit ~45 minutes.
+    # miniature_cpu.yaml (batch 8), measured on the 2-core machine: phase 2 ~2.7 s, phase 3 ~5.7 s of
+    # CPU per step (the teacher's forward pass); 600 + 100 steps took 38.4 CPU / 23.9 wall minutes.
     "default": Sizes(200, 50, 128, 256, 600, 100),
     "quick": Sizes(24, 8, 128, 256, 20, 4),  # under 5 minutes
     "tiny": Sizes(6, 3, 64, 128, 2, 2),  # the test's end-to-end smoke run (with tiny_cpu.yaml)
