@@ -19,10 +19,12 @@ from typing import Any, cast
 
 import numba
 import numpy as np
-from numba.core import types
+from llvmlite import ir
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-_LANES = 64  # summation lanes of _dot_wide (see the module docstring)
+_LANES = 64  # summation lanes of _lane_dot (see the module docstring)
+_VECTOR = 8  # float64 lanes per LLVM vector in _lane_dot (one AVX-512 register, two AVX2 ones)
 # Safety margins of the similarity bounds (see ``_upper_similarity``). A computed cosine is
 # within 1e-12 of the true cosine of the stored float32 vectors (float64 sums of exact products:
 # the error of a 768-term sum is below 1e-13 relative), and so are computed norms.
@@ -36,97 +38,144 @@ _ROUNDING_SLACK = 5.97e-8
 _TINY_NORM = 1e-30
 
 
-@intrinsic
-def _fma_intrinsic(typingctx: Any, x: Any, y: Any, z: Any) -> Any:  # pragma: no cover - compiled
-    """``x * y + z`` rounded once (LLVM's ``llvm.fma.f64``), for float64 arguments.
+def _is_row_operand(operand: Any) -> bool:
+    """A C-contiguous (N, C) float32 array (a row is picked) or a (C,) float64 row (already widened)."""
+    if not isinstance(operand, types.Array) or operand.layout != "C":
+        return False
+    return (operand.ndim == 2 and operand.dtype == types.float32) or (
+        operand.ndim == 1 and operand.dtype == types.float64
+    )
 
-    In the dot products the product of two float32 values is exact in float64 (48 significant bits), so
-    ``fma(x, y, lane)`` rounds ``x * y + lane`` exactly as a multiplication followed by an
-    addition does: the result is bit for bit the documented one, with one instruction less
-    per step (numba only forms fused operations under ``fastmath``, which also reorders sums).
+
+def _row_pointer(context: Any, builder: Any, array_type: Any, array: Any, row: Any) -> tuple[Any, Any]:
+    """Pointer to the first element of the row, and the row length (codegen of ``_lane_dot``)."""
+    array_struct = context.make_array(array_type)(context, builder, array)
+    shape = cgutils.unpack_tuple(builder, array_struct.shape)
+    if array_type.ndim == 1:
+        return array_struct.data, shape[0]
+    strides = cgutils.unpack_tuple(builder, array_struct.strides)
+    zero = context.get_constant(types.intp, 0)
+    pointer = cgutils.get_item_pointer2(context, builder, array_struct.data, shape, strides, "C", [row, zero])
+    return pointer, shape[1]
+
+
+def _load_float64(builder: Any, pointer: Any, offset: Any, count: int) -> Any:
+    """``count`` consecutive elements from ``pointer + offset`` widened to float64 (a vector if count > 1)."""
+    element_type = pointer.type.pointee
+    address = builder.gep(pointer, [offset])
+    double = ir.DoubleType()
+    if count == 1:
+        value = builder.load(address)
+        return value if element_type == double else builder.fpext(value, double)
+    vector_type = ir.VectorType(element_type, count)
+    alignment = 8 if element_type == double else 4
+    value = builder.load(builder.bitcast(address, vector_type.as_pointer()), align=alignment)
+    return value if element_type == double else builder.fpext(value, ir.VectorType(double, count))
+
+
+def _halve(builder: Any, vectors: list[Any]) -> Any:
+    """``lane[l] += lane[l + w]`` for ``w = 32, 16, ..., 1`` on the 64 lanes held as 8 vectors; lane 0."""
+    while len(vectors) > 1:  # w = 32, 16, 8: whole vectors
+        half = len(vectors) // 2
+        vectors = [builder.fadd(vectors[v], vectors[v + half]) for v in range(half)]
+    value, width = vectors[0], _VECTOR
+    while width > 1:  # w = 4, 2, 1: halves of the last vector
+        half = width // 2
+        low = ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half)))
+        high = ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half, width)))
+        value = builder.fadd(
+            builder.shuffle_vector(value, value, low), builder.shuffle_vector(value, value, high)
+        )
+        width = half
+    return builder.extract_element(value, ir.Constant(ir.IntType(32), 0))
+
+
+@intrinsic
+def _lane_dot_intrinsic(typingctx: Any, x: Any, i: Any, y: Any, j: Any) -> Any:  # pragma: no cover - compiled
+    """Dot product of two rows in float64 with the fixed summation order of the module docstring.
+
+    ``x``/``y`` is either a float32 (N, C) array, of which row ``i``/``j`` is used, or a float64
+    (C,) row already widened (its index is ignored). The products of float32 values are exact in
+    float64 (48 significant bits), so ``fma(x, y, lane)`` rounds ``x * y + lane`` exactly as a
+    multiplication followed by an addition. Channel ``k`` goes to lane ``k % 64`` in increasing
+    ``k``: the 64 lanes are 8 LLVM vectors of 8 float64 kept in registers across the row (the
+    order within each lane is the documented one, only independent lanes run side by side),
+    the ``C % 64`` last channels go to lanes ``0 .. C % 64 - 1`` one by one, and the lanes are
+    halved pairwise. Written in LLVM IR because numba keeps a lane array in memory, where every
+    step stores and reloads it (about 1.5x slower); ``fastmath`` would keep registers but reorder
+    the sums, so two nearly equal similarities could swap.
     """
-    if not all(arg == types.float64 for arg in (x, y, z)):
+    if not (_is_row_operand(x) and _is_row_operand(y)):
+        return None
+    if not (isinstance(i, types.Integer) and isinstance(j, types.Integer)):
         return None
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.fma(*args)
+        x_type, i_type, y_type, j_type = signature.args
+        i_value = context.cast(builder, args[1], i_type, types.intp)
+        j_value = context.cast(builder, args[3], j_type, types.intp)
+        x_pointer, size = _row_pointer(context, builder, x_type, args[0], i_value)
+        y_pointer, _ = _row_pointer(context, builder, y_type, args[2], j_value)
+        double = ir.DoubleType()
+        vector_type = ir.VectorType(double, _VECTOR)
+        vector_fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector_type, [vector_type] * 3), f"llvm.fma.v{_VECTOR}f64"
+        )
+        scalar_fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(double, [double] * 3), "llvm.fma.f64"
+        )
+        intp = size.type
+        block = ir.Constant(intp, _LANES)
+        num_blocks = builder.sdiv(size, block)
+        body = builder.mul(num_blocks, block)
+        zero = ir.Constant(vector_type, [0.0] * _VECTOR)
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(_LANES // _VECTOR)]
+        with cgutils.for_range(builder, num_blocks) as loop:
+            start = builder.mul(loop.index, block)
+            for v, total in enumerate(sums):
+                offset = builder.add(start, ir.Constant(intp, v * _VECTOR))
+                x_part = _load_float64(builder, x_pointer, offset, _VECTOR)
+                y_part = _load_float64(builder, y_pointer, offset, _VECTOR)
+                builder.store(builder.call(vector_fma, [x_part, y_part, builder.load(total)]), total)
+        lanes = cgutils.alloca_once(builder, double, size=_LANES)
+        lane_vectors = [
+            builder.bitcast(builder.gep(lanes, [ir.Constant(intp, v * _VECTOR)]), vector_type.as_pointer())
+            for v in range(len(sums))
+        ]
+        for total, lane_vector in zip(sums, lane_vectors, strict=True):
+            builder.store(builder.load(total), lane_vector, align=8)
+        with cgutils.for_range(builder, builder.sub(size, body)) as loop:
+            channel = builder.add(body, loop.index)
+            lane = builder.gep(lanes, [loop.index])
+            x_part = _load_float64(builder, x_pointer, channel, 1)
+            y_part = _load_float64(builder, y_pointer, channel, 1)
+            builder.store(builder.call(scalar_fma, [x_part, y_part, builder.load(lane)]), lane)
+        return _halve(builder, [builder.load(lane_vector, align=8) for lane_vector in lane_vectors])
 
-    return types.float64(types.float64, types.float64, types.float64), codegen
+    return types.float64(x, i, y, j), codegen
 
 
 # The intrinsic under a callable type for mypy (numba resolves the same object).
-_fma = cast(Callable[[float, float, float], float], _fma_intrinsic)
+_lane_dot = cast(Callable[[np.ndarray, int, np.ndarray, int], float], _lane_dot_intrinsic)
 
 
 @numba.njit(cache=True, inline="always")
-def _halve_lanes(lanes: np.ndarray) -> float:  # pragma: no cover - compiled
-    """Sums the 64 lanes pairwise: ``lane[l] += lane[l + w]`` for ``w = 32, 16, ..., 1``."""
-    width = _LANES // 2
-    while width >= 1:
-        for lane in range(width):
-            lanes[lane] = lanes[lane] + lanes[lane + width]
-        width //= 2
-    return lanes[0]
-
-
-@numba.njit(cache=True, inline="always")
-def _dot(x: np.ndarray, i: int, y: np.ndarray, j: int, lanes: np.ndarray) -> float:  # pragma: no cover
-    """``_dot_wide`` of two float32 rows ``x[i]`` and ``y[j]``, both converted on the fly."""
-    for lane in range(_LANES):
-        lanes[lane] = 0.0
-    size = x.shape[1]
-    body = size - size % _LANES
-    for start in range(0, body, _LANES):
-        for lane in range(_LANES):
-            lanes[lane] = _fma(np.float64(x[i, start + lane]), np.float64(y[j, start + lane]), lanes[lane])
-    for k in range(body, size):
-        lanes[k - body] = _fma(np.float64(x[i, k]), np.float64(y[j, k]), lanes[k - body])
-    return _halve_lanes(lanes)
-
-
-@numba.njit(cache=True, inline="always")
-def _dot_wide(v: np.ndarray, y: np.ndarray, j: int, lanes: np.ndarray) -> float:  # pragma: no cover
-    """Dot product of the float32 rows ``v`` and ``y[j]`` in float64 with a fixed summation order.
-
-    ``v`` is the first row already widened to float64 ((C,), exact float32 values): the
-    float32 -> float64 conversions limit the throughput here, and one row takes part in many
-    products (a patch in its norm and two edges; the region being worked on in every edge it
-    evaluates). Channel ``k`` goes to lane ``k % 64`` (lanes summed in increasing ``k``); the 64
-    lanes are then halved pairwise: ``lane[l] += lane[l + w]`` for ``w = 32, 16, ..., 1``. Every
-    step is element-wise, so LLVM vectorises it without ``fastmath`` (about 3x faster than a
-    scalar loop here), and the result is reproducible bit for bit. ``lanes`` is (64,) scratch.
-    Rows are indexed in place (a row view would cost reference counting in the hot loop).
-    """
-    for lane in range(_LANES):
-        lanes[lane] = 0.0
-    size = v.shape[0]
-    body = size - size % _LANES
-    for start in range(0, body, _LANES):
-        for lane in range(_LANES):
-            lanes[lane] = _fma(v[start + lane], np.float64(y[j, start + lane]), lanes[lane])
-    for k in range(body, size):
-        lanes[k - body] = _fma(v[k], np.float64(y[j, k]), lanes[k - body])
-    return _halve_lanes(lanes)
-
-
-@numba.njit(cache=True, inline="always")
-def _squared_norm_wide(v: np.ndarray, lanes: np.ndarray) -> float:  # pragma: no cover - compiled
-    """``_dot_wide`` of a widened row with itself (the squared norm)."""
-    for lane in range(_LANES):
-        lanes[lane] = 0.0
-    size = v.shape[0]
-    body = size - size % _LANES
-    for start in range(0, body, _LANES):
-        for lane in range(_LANES):
-            lanes[lane] = _fma(v[start + lane], v[start + lane], lanes[lane])
-    for k in range(body, size):
-        lanes[k - body] = _fma(v[k], v[k], lanes[k - body])
-    return _halve_lanes(lanes)
+def _cosine(dot: float, norm_x: float, norm_y: float) -> float:  # pragma: no cover - compiled
+    """The similarity rule: ``dot / (norm_x * norm_y)``, or 0 when either norm is 0 (a zero
+    feature is similar to nothing)."""
+    if norm_x > 0.0 and norm_y > 0.0:
+        return dot / (norm_x * norm_y)
+    return 0.0
 
 
 @numba.njit(cache=True, inline="always")
 def _widen(x: np.ndarray, i: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """``out[:] = float64(x[i])`` (exact)."""
+    """``out[:] = float64(x[i])`` (exact).
+
+    One row takes part in many products (a patch in its norm and two edges; the region being
+    worked on in every edge it evaluates), and a widened row saves the float32 -> float64
+    conversions of each.
+    """
     for c in range(out.shape[0]):
         out[c] = np.float64(x[i, c])
 
@@ -139,20 +188,19 @@ def _region_similarity(
     means: np.ndarray,
     slot_of: np.ndarray,
     norms: np.ndarray,
-    lanes: np.ndarray,
 ) -> float:  # pragma: no cover - compiled
     """Similarity of regions ``r`` and ``s`` (patches: rows of ``features``; merged: rows of ``means``)."""
     norm_r, norm_s = norms[r], norms[s]
     if not (norm_r > 0.0 and norm_s > 0.0):
-        return 0.0
+        return 0.0  # (the rule of _cosine, without computing the dot product)
     num_patches = features.shape[0]
     if r < num_patches:
         if s < num_patches:
-            return _dot(features, r, features, s, lanes) / (norm_r * norm_s)
-        return _dot(features, r, means, slot_of[s], lanes) / (norm_r * norm_s)
+            return _cosine(_lane_dot(features, r, features, s), norm_r, norm_s)
+        return _cosine(_lane_dot(features, r, means, slot_of[s]), norm_r, norm_s)
     if s < num_patches:
-        return _dot(means, slot_of[r], features, s, lanes) / (norm_r * norm_s)
-    return _dot(means, slot_of[r], means, slot_of[s], lanes) / (norm_r * norm_s)
+        return _cosine(_lane_dot(means, slot_of[r], features, s), norm_r, norm_s)
+    return _cosine(_lane_dot(means, slot_of[r], means, slot_of[s]), norm_r, norm_s)
 
 
 @numba.njit(cache=True, inline="always")
@@ -164,16 +212,15 @@ def _similarity_to_wide(
     means: np.ndarray,
     slot_of: np.ndarray,
     norms: np.ndarray,
-    lanes: np.ndarray,
 ) -> float:  # pragma: no cover - compiled
     """Similarity of region ``n`` (a patch: row of ``features``; merged: row of ``means``) and a
     region whose feature row is ``wide`` (widened to float64, norm ``norm_wide``)."""
     norm_n = norms[n]
     if not (norm_n > 0.0 and norm_wide > 0.0):
-        return 0.0
+        return 0.0  # (the rule of _cosine, without computing the dot product)
     if n < features.shape[0]:
-        return _dot_wide(wide, features, n, lanes) / (norm_n * norm_wide)
-    return _dot_wide(wide, means, slot_of[n], lanes) / (norm_n * norm_wide)
+        return _cosine(_lane_dot(wide, 0, features, n), norm_n, norm_wide)
+    return _cosine(_lane_dot(wide, 0, means, slot_of[n]), norm_n, norm_wide)
 
 
 @numba.njit(cache=True, inline="always")
@@ -391,7 +438,6 @@ def _initial_edges(
     neighbours. Returns the pool size used.
     """
     num_patches = height * width
-    lanes = np.empty(_LANES, dtype=np.float64)
     right_sim = np.zeros(num_patches, dtype=np.float64)
     down_sim = np.zeros(num_patches, dtype=np.float64)
     right_rank = np.zeros(num_patches, dtype=np.int64)
@@ -399,21 +445,19 @@ def _initial_edges(
     # Each patch row is widened to float64 once and serves its norm and its two edges.
     for p in range(num_patches):
         _widen(features, p, wide)
-        norms[p] = math.sqrt(_squared_norm_wide(wide, lanes))
+        norms[p] = math.sqrt(_lane_dot(wide, 0, wide, 0))
         if p % width + 1 < width:
-            right_sim[p] = _dot_wide(wide, features, p + 1, lanes)
+            right_sim[p] = _lane_dot(wide, 0, features, p + 1)
         if p + width < num_patches:
-            down_sim[p] = _dot_wide(wide, features, p + width, lanes)
+            down_sim[p] = _lane_dot(wide, 0, features, p + width)
     num_edges = 0
     for p in range(num_patches):
         if p % width + 1 < width:
-            norm_product = norms[p] * norms[p + 1]
-            right_sim[p] = right_sim[p] / norm_product if norms[p] > 0.0 and norms[p + 1] > 0.0 else 0.0
+            right_sim[p] = _cosine(right_sim[p], norms[p], norms[p + 1])
             right_rank[p] = num_edges
             num_edges += 1
         if p + width < num_patches:
-            norm_product = norms[p] * norms[p + width]
-            down_sim[p] = down_sim[p] / norm_product if norms[p] > 0.0 and norms[p + width] > 0.0 else 0.0
+            down_sim[p] = _cosine(down_sim[p], norms[p], norms[p + width])
             down_rank[p] = num_edges
             num_edges += 1
     pool_size = 0
@@ -699,7 +743,6 @@ def _merge_features(
     slot_of: np.ndarray,
     free_slots: np.ndarray,
     num_free: int,
-    lanes: np.ndarray,
     wide: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
     """Feature (the paper's ``f_k = (a_i f_i + a_j f_j) / (a_i + a_j)``), norm and slot of ``k``.
@@ -729,7 +772,7 @@ def _merge_features(
         _weighted_mean(means, slot_a, weight_a, features, b, weight_b, means, slot, wide)
     else:
         _weighted_mean(means, slot_a, weight_a, means, slot_b, weight_b, means, slot, wide)
-    norms[k] = math.sqrt(_squared_norm_wide(wide, lanes))
+    norms[k] = math.sqrt(_lane_dot(wide, 0, wide, 0))
     return num_free
 
 
@@ -752,7 +795,6 @@ def _merge_levels(
     norms: np.ndarray,
     owner: np.ndarray,
     alive: np.ndarray,
-    lanes: np.ndarray,
     wide: np.ndarray,
     nbr: np.ndarray,
     keys: np.ndarray,
@@ -826,10 +868,10 @@ def _merge_levels(
                     wide_region = region
                 if wide_region == region:
                     keys[top] = _similarity_to_wide(
-                        wide, norms[region], neighbour, features, means, slot_of, norms, lanes
+                        wide, norms[region], neighbour, features, means, slot_of, norms
                     )
                 else:
-                    keys[top] = _region_similarity(neighbour, region, features, means, slot_of, norms, lanes)
+                    keys[top] = _region_similarity(neighbour, region, features, means, slot_of, norms)
                 last_evaluated = region
                 exact[top] = True
                 _local_sift_down(order, keys, ranks, start, heap_len[region], 0)
@@ -845,7 +887,7 @@ def _merge_levels(
             owner[a] = k
             owner[b] = k
             num_free = _merge_features(
-                a, b, k, features, areas, norms, means, slot_of, free_slots, num_free, lanes, wide
+                a, b, k, features, areas, norms, means, slot_of, free_slots, num_free, wide
             )
             wide_region = k
             # A lower bound of the true cos(a, b) (-1: no direction when a feature is zero).
@@ -919,7 +961,6 @@ def _merge_kernel(
     owner = np.arange(max_regions).astype(np.int32)
     alive = np.zeros(max_regions, dtype=np.bool_)
     alive[:num_patches] = True
-    lanes = np.empty(_LANES, dtype=np.float64)
     wide = np.empty(features.shape[1], dtype=np.float64)
 
     # A region lists at most one neighbour per patch edge of its boundary (<= 4 x its area), and
@@ -989,7 +1030,6 @@ def _merge_kernel(
         norms,
         owner,
         alive,
-        lanes,
         wide,
         nbr,
         keys,
