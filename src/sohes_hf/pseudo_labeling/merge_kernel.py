@@ -313,12 +313,12 @@ def _shifted_upper(upper: float, cos_ab: float, sin_ab: float) -> float:  # prag
     The triangle inequality on the sphere gives angle(b, n) >= angle(a, n) - angle(a, b), so
     with ``x = acos(upper)`` and ``y = acos(cos_ab)``: cos(b, n) <= 1 when x <= y, otherwise
     cos(x - y) = cos x cos y + sin x sin y (no inverse trigonometric function needed).
-    ``sin_ab`` is ``_sine(cos_ab)``.
+    ``sin_ab`` is ``_sine(cos_ab)``. Free of branches (both cases are computed), so that the
+    loop bounding a new region's edges is vectorised.
     """
     cos_an = min(1.0, upper + _COS_SLACK)
-    if cos_an >= cos_ab:
-        return 1.0
-    return min(1.0, cos_an * cos_ab + _sine(cos_an) * sin_ab + _COS_SLACK)
+    shifted = min(1.0, cos_an * cos_ab + _sine(cos_an) * sin_ab + _COS_SLACK)
+    return 1.0 if cos_an >= cos_ab else shifted
 
 
 @numba.njit(cache=True, inline="always")
@@ -347,10 +347,13 @@ def _upper_similarity(
         weighted_norm_k: ``(a_a + a_b) |f_k|``, positive and not tiny.
         cos_ab, sin_ab: a lower bound of cos(a, b) (-1 when unknown) and ``_sine`` of it.
     """
-    if math.isnan(upper_a):
-        upper_a = _shifted_upper(upper_b, cos_ab, sin_ab) if weighted_norm_a > 0.0 else 0.0
-    if math.isnan(upper_b):
-        upper_b = _shifted_upper(upper_a, cos_ab, sin_ab) if weighted_norm_b > 0.0 else 0.0
+    # The unknown side (if any) is shifted from the known one; computed in every case and
+    # selected, without branches (see _shifted_upper).
+    known_a = not math.isnan(upper_a)
+    known_b = not math.isnan(upper_b)
+    shifted = _shifted_upper(upper_a if known_a else upper_b, cos_ab, sin_ab)
+    upper_a = upper_a if known_a else (shifted if weighted_norm_a > 0.0 else 0.0)
+    upper_b = upper_b if known_b else (shifted if weighted_norm_b > 0.0 else 0.0)
     term_a = weighted_norm_a * (upper_a + _COS_SLACK)
     term_b = weighted_norm_b * (upper_b + _COS_SLACK)
     # The computed norms are within 1e-13 of the true ones: allow that on each term (they may
@@ -638,6 +641,13 @@ def _fill_segment(
     zero_k = not norms[k] > 0.0
     tiny_k = norms[k] < _TINY_NORM
     sin_ab = _sine(cos_ab)
+    if not tiny_k:  # (zero_k implies tiny_k)
+        # A loop of its own, without branches: vectorised (the bounds are most of the work
+        # of a merge when a large region absorbs patches one by one).
+        for i in range(count):
+            keys[start + i] = _upper_similarity(
+                upper_a[i], upper_b[i], weighted_norm_a, weighted_norm_b, weighted_norm_k, cos_ab, sin_ab
+            )
     size = 0
     for i in range(count):
         n = scratch[i]
@@ -650,10 +660,6 @@ def _fill_segment(
         else:
             if tiny_k:
                 keys[slot] = 1.0 + _COS_SLACK
-            else:
-                keys[slot] = _upper_similarity(
-                    upper_a[i], upper_b[i], weighted_norm_a, weighted_norm_b, weighted_norm_k, cos_ab, sin_ab
-                )
             exact[slot] = False
         if keys[slot] >= floor:
             order[start + size] = i
