@@ -191,8 +191,6 @@ def _region_similarity(
 ) -> float:  # pragma: no cover - compiled
     """Similarity of regions ``r`` and ``s`` (patches: rows of ``features``; merged: rows of ``means``)."""
     norm_r, norm_s = norms[r], norms[s]
-    if not (norm_r > 0.0 and norm_s > 0.0):
-        return 0.0  # (the rule of _cosine, without computing the dot product)
     num_patches = features.shape[0]
     if r < num_patches:
         if s < num_patches:
@@ -216,8 +214,6 @@ def _similarity_to_wide(
     """Similarity of region ``n`` (a patch: row of ``features``; merged: row of ``means``) and a
     region whose feature row is ``wide`` (widened to float64, norm ``norm_wide``)."""
     norm_n = norms[n]
-    if not (norm_n > 0.0 and norm_wide > 0.0):
-        return 0.0  # (the rule of _cosine, without computing the dot product)
     if n < features.shape[0]:
         return _cosine(_lane_dot(wide, 0, features, n), norm_n, norm_wide)
     return _cosine(_lane_dot(wide, 0, means, slot_of[n]), norm_n, norm_wide)
