@@ -39,8 +39,9 @@ Exact arithmetic (so that results are reproducible and testable bit for bit):
     * ``dot(x, y)`` of two float32 vectors: the products are formed in float64 (exactly);
       channel ``k`` is added to lane ``k % 64`` in increasing ``k``; then the 64 lanes are
       halved pairwise, ``lane[l] = lane[l] + lane[l + w]`` for ``l < w``, ``w = 32, 16, ..., 1``,
-      and ``lane[0]`` is the result. The fixed order lets LLVM vectorise without ``fastmath``
-      (``fastmath`` would reorder the sums, so two nearly equal similarities could swap).
+      and ``lane[0]`` is the result. The fixed order is vectorised without ``fastmath`` (the
+      kernel holds the 64 lanes as eight 8-wide vectors in registers, ``merge_kernel._lane_dot``);
+      ``fastmath`` would reorder the sums, so two nearly equal similarities could swap.
     * The feature of a merged region is the paper's
       ``f_k = float32((a_i f_i + a_j f_j) / (a_i + a_j))``, evaluated per channel in float64
       with integer areas ``a`` and stored in float32 like the patch features.

@@ -92,18 +92,19 @@ def _halve(builder: Any, vectors: list[Any]) -> Any:
 
 @intrinsic
 def _lane_dot_intrinsic(typingctx: Any, x: Any, i: Any, y: Any, j: Any) -> Any:  # pragma: no cover - compiled
-    """Dot product of two rows in float64 with the fixed summation order of the module docstring.
+    """Dot product of two rows in float64 with the fixed summation order of :mod:`.merge`.
 
-    ``x``/``y`` is either a float32 (N, C) array, of which row ``i``/``j`` is used, or a float64
-    (C,) row already widened (its index is ignored). The products of float32 values are exact in
+    ``x``/``y`` is either a C-contiguous float32 (N, C) array, of which row ``i``/``j`` is used,
+    or a float64 (C,) row already widened (its index is ignored); other layouts do not compile
+    (``merge.py`` makes the features contiguous). The products of float32 values are exact in
     float64 (48 significant bits), so ``fma(x, y, lane)`` rounds ``x * y + lane`` exactly as a
     multiplication followed by an addition. Channel ``k`` goes to lane ``k % 64`` in increasing
     ``k``: the 64 lanes are 8 LLVM vectors of 8 float64 kept in registers across the row (the
     order within each lane is the documented one, only independent lanes run side by side),
     the ``C % 64`` last channels go to lanes ``0 .. C % 64 - 1`` one by one, and the lanes are
     halved pairwise. Written in LLVM IR because numba keeps a lane array in memory, where every
-    step stores and reloads it (about 1.5x slower); ``fastmath`` would keep registers but reorder
-    the sums, so two nearly equal similarities could swap.
+    step stores and reloads it (about 1.4x slower on cached rows); ``fastmath`` would keep
+    registers but reorder the sums, so two nearly equal similarities could swap.
     """
     if not (_is_row_operand(x) and _is_row_operand(y)):
         return None
