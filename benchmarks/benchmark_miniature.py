@@ -68,9 +68,9 @@ class Sizes:
 
 
 MODES = {
-    # miniature_cpu.yaml (batch 8), measured on the 2-core machine: phase 2 ~2.7 s, phase 3 ~5.7 s of
-    # CPU per step (the teacher's forward pass); 600 + 100 steps took 38.4 CPU / 23.9 wall minutes.
-    "default": Sizes(200, 50, 128, 256, 600, 100),
+    # miniature_cpu.yaml (batch 8): phase 2 ~0.9-1.1 s of CPU per step on a quiet 2-core machine
+    # (2026-12-03), 2.7 s on a loaded one (2026-12-02); phase 3 about twice (the teacher's forward pass).
+    "default": Sizes(200, 50, 128, 256, 1200, 200),
     "quick": Sizes(24, 8, 128, 256, 20, 4),  # under 5 minutes
     "tiny": Sizes(6, 3, 64, 128, 2, 2),  # the test's end-to-end smoke run (with tiny_cpu.yaml)
 }
