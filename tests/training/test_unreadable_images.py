@@ -9,21 +9,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from PIL import Image
 from tests.training import tiny_recipe, write_pseudo_labelled_folder
 
 from sohes_hf.data.image_sources import ImageEntry, ImageReader, ImageReadError
+from sohes_hf.data.pseudo_label_checks import PseudoLabelError
 from sohes_hf.training import SelfCorrectionTrainer, SelfInstructionTrainer
 from sohes_hf.training.checkpointing import list_checkpoints
 from sohes_hf.training.config import build_training_config
-from sohes_hf.training.datasets import UNREADABLE_AT_LOAD, PseudoLabelledImages, TrainingDataError
+from sohes_hf.training.datasets import (
+    SIZE_MISMATCH_AT_LOAD,
+    UNREADABLE_AT_LOAD,
+    PseudoLabelledImages,
+    TrainingDataError,
+)
 from sohes_hf.training.record import read_training_record
 
 NUM_IMAGES = 8
@@ -69,6 +78,26 @@ def test_dataset_leaves_out_images_that_do_not_open(
     assert any(EMPTY in record.getMessage() for record in caplog.records)
     with pytest.raises(TrainingDataError, match=f"1 of {NUM_IMAGES} images are unreadable \\({EMPTY}\\)"):
         PseudoLabelledImages(str(labels), str(image_dir), max_unreadable_fraction=0.1)
+
+
+def test_dataset_leaves_out_images_of_another_size_than_their_labels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An image re-saved at another size after exploring: left out at load, not a crash at its step."""
+    image_dir, labels = write_pseudo_labelled_folder(tmp_path, num_images=4)
+    Image.fromarray(np.zeros((64, 80, 3), dtype=np.uint8)).save(image_dir / "img_2.png")  # was 64 x 64
+    with caplog.at_level(logging.WARNING):
+        images = PseudoLabelledImages(str(labels), str(image_dir))
+    assert sorted(entry.file_name for entry, _ in images.entries) == ["img_1.png", "img_3.png", "img_4.png"]
+    assert images.num_dropped == {SIZE_MISMATCH_AT_LOAD: 1} and images.num_unreadable_at_load == 0
+    warning = next(r.getMessage() for r in caplog.records if "img_2.png" in r.getMessage())
+    assert "64x80" in warning and "64x64" in warning
+    for index in range(len(images)):  # every kept image loads with masks of its size
+        assert images.load(index).masks.shape[1:] == (64, 64)
+    for name in ("img_1.png", "img_3.png", "img_4.png"):
+        Image.fromarray(np.zeros((32, 64, 3), dtype=np.uint8)).save(image_dir / name)
+    with pytest.raises(PseudoLabelError, match=re.escape(SIZE_MISMATCH_AT_LOAD)):
+        PseudoLabelledImages(str(labels), str(image_dir))
 
 
 def _recipe(bad_data: tuple[Path, Path], output_dir: Path, **overrides: object) -> dict[str, object]:

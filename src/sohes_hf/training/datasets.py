@@ -57,6 +57,7 @@ _TEACHER_STREAM = 1
 _COPY_PASTE_STREAM = 2
 _NAMES_LOGGED = 20  # unreadable images named in the load-time warning (the rest are counted)
 UNREADABLE_AT_LOAD = "unreadable image (its header does not open)"
+SIZE_MISMATCH_AT_LOAD = "image size differs from its pseudo-labels' (the file changed since they were made)"
 
 
 class TrainingDataError(ValueError):
@@ -110,7 +111,8 @@ class PseudoLabelledImages:
 
     Attributes:
         num_dropped: images left out, per reason (also logged as warnings): listed but without
-            labels, labelled but not found, unreadable, or with no annotation.
+            labels, labelled but not found, unreadable, of another size than their labels, or
+            with no annotation.
         num_unreadable_at_load: labelled images left out because they do not open.
 
     Raises:
@@ -166,8 +168,8 @@ class PseudoLabelledImages:
             )
         if not entries:
             raise PseudoLabelError(
-                f"no image under image_root={image_root!r} has pseudo-labels in {train_annotations!r} "
-                "(images are joined on file_name)"
+                f"no image under image_root={image_root!r} has usable pseudo-labels in "
+                f"{train_annotations!r} (images are joined on file_name; left out: {self.num_dropped})"
             )
         check_unreadable_fraction(
             self.num_unreadable_at_load,
@@ -180,21 +182,35 @@ class PseudoLabelledImages:
         self._reader: ImageReader | None = None
         logger.info("training on %d pseudo-labelled images", len(entries))
 
-    @staticmethod
     def _openable(
-        entries: list[tuple[ImageEntry, int]], dropped: dict[str, list[str]]
+        self, entries: list[tuple[ImageEntry, int]], dropped: dict[str, list[str]]
     ) -> list[tuple[ImageEntry, int]]:
-        """The entries whose image header opens; the others go to ``dropped`` (and are logged)."""
+        """The entries whose image header opens, at the size their pseudo-labels were made for.
+
+        The others go to ``dropped`` (and are logged): either would otherwise stop training at
+        the first step that draws the image (the masks could not be laid over its pixels).
+        """
         kept = []
         with ImageReader() as reader:
             progress = tqdm(entries, desc="checking image headers", disable=len(entries) < 10_000)
             for entry, image_id in progress:
                 try:
-                    reader.probe(entry)
+                    width, height = reader.probe(entry)
                 except ImageReadError as error:
                     names = dropped.setdefault(UNREADABLE_AT_LOAD, [])
                     if len(names) < _NAMES_LOGGED:
                         logger.warning("image %s does not open, left out: %s", entry.file_name, error.reason)
+                    names.append(entry.file_name)
+                    continue
+                labels = self.store.get(image_id)
+                if labels is not None and (labels.height, labels.width) != (height, width):
+                    names = dropped.setdefault(SIZE_MISMATCH_AT_LOAD, [])
+                    if len(names) < _NAMES_LOGGED:
+                        logger.warning(
+                            "image %s is %dx%d (height x width) but its pseudo-labels are for %dx%d, left "
+                            "out: explore the image again",
+                            entry.file_name, height, width, labels.height, labels.width,
+                        )  # fmt: skip
                     names.append(entry.file_name)
                     continue
                 kept.append((entry, image_id))
