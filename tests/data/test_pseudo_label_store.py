@@ -74,6 +74,10 @@ def test_json_and_table_stores_agree(tmp_path: Path, suffix: str) -> None:
         assert (from_table.image_id, from_table.width, from_table.height) == (image.image_id, image.width, 24)
         assert from_table.file_name == image.file_name
         assert table_store.image_id_for_file_name(image.file_name) == image.image_id
+        # the size lookup (no labels converted) agrees with the written image record
+        expected = (24, image.width)
+        assert table_store.image_size(image.image_id) == json_store.image_size(image.image_id) == expected
+    assert table_store.image_size(999) is None and json_store.image_size(999) is None
     # an annotation of the second shard, compared with the raw file
     raw = shard1["annotations"][1]
     label = json_store.get(raw["image_id"]).labels[1]  # type: ignore[union-attr]

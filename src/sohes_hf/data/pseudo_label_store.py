@@ -77,6 +77,10 @@ class PseudoLabelStore(Protocol):
 
     def get(self, image_id: int) -> ImagePseudoLabels | None: ...
 
+    def image_size(self, image_id: int) -> tuple[int, int] | None:
+        """``(height, width)`` the labels were made for, without converting the labels."""
+        ...
+
     def image_id_for_file_name(self, file_name: str) -> int | None: ...
 
     def __len__(self) -> int: ...
@@ -312,6 +316,10 @@ class JsonPseudoLabelStore:
     def get(self, image_id: int) -> ImagePseudoLabels | None:
         return self._images.get(image_id)
 
+    def image_size(self, image_id: int) -> tuple[int, int] | None:
+        image = self._images.get(image_id)
+        return None if image is None else (image.height, image.width)
+
     def image_id_for_file_name(self, file_name: str) -> int | None:
         return self._by_file_name.get(file_name)
 
@@ -461,10 +469,16 @@ class ArrowPseudoLabelStore(_TableStore):
         ids = self._table.column("image_id").to_pylist()
         self._location = {image_id: row for row, image_id in enumerate(ids)}
         self._by_file_name = dict(zip(self._table.column("file_name").to_pylist(), ids, strict=True))
+        self._heights = self._table.column("height").to_numpy()
+        self._widths = self._table.column("width").to_numpy()
 
     def get(self, image_id: int) -> ImagePseudoLabels | None:
         row = self._location.get(image_id)
         return None if row is None else _row_to_labels(self._table.slice(row, 1).to_pylist()[0])
+
+    def image_size(self, image_id: int) -> tuple[int, int] | None:
+        row = self._location.get(image_id)
+        return None if row is None else (int(self._heights[row]), int(self._widths[row]))
 
 
 class ParquetPseudoLabelStore(_TableStore):
@@ -492,13 +506,16 @@ class ParquetPseudoLabelStore(_TableStore):
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
         self._location = {}
         self._by_file_name = {}
+        self._sizes: list[tuple[np.ndarray, np.ndarray]] = []  # (heights, widths) per row group
         for group in range(self._file.num_row_groups):
-            keys = self._file.read_row_group(group, columns=["image_id", "file_name"]).to_pydict()
+            columns = ["image_id", "file_name", "height", "width"]
+            keys = self._file.read_row_group(group, columns=columns).to_pydict()
             for row, (image_id, file_name) in enumerate(
                 zip(keys["image_id"], keys["file_name"], strict=True)
             ):
                 self._location[image_id] = (group, row)
                 self._by_file_name[file_name] = image_id
+            self._sizes.append((np.asarray(keys["height"]), np.asarray(keys["width"])))
 
     def _row_group(self, group: int) -> pa.Table:
         # Arrow tables are cached, not Python objects: converting a whole group to Python cost
@@ -518,6 +535,13 @@ class ParquetPseudoLabelStore(_TableStore):
             return None
         group, row = location
         return _row_to_labels(self._row_group(group).slice(row, 1).to_pylist()[0])
+
+    def image_size(self, image_id: int) -> tuple[int, int] | None:
+        location = self._location.get(image_id)
+        if location is None:
+            return None
+        heights, widths = self._sizes[location[0]]
+        return int(heights[location[1]]), int(widths[location[1]])
 
 
 def open_pseudo_label_store(paths: str | Path | Sequence[str | Path]) -> PseudoLabelStore:

@@ -202,14 +202,14 @@ class PseudoLabelledImages:
                         logger.warning("image %s does not open, left out: %s", entry.file_name, error.reason)
                     names.append(entry.file_name)
                     continue
-                labels = self.store.get(image_id)
-                if labels is not None and (labels.height, labels.width) != (height, width):
+                size = self.store.image_size(image_id)  # a lookup, no labels converted
+                if size is not None and size != (height, width):
                     names = dropped.setdefault(SIZE_MISMATCH_AT_LOAD, [])
                     if len(names) < _NAMES_LOGGED:
                         logger.warning(
                             "image %s is %dx%d (height x width) but its pseudo-labels are for %dx%d, left "
                             "out: explore the image again",
-                            entry.file_name, height, width, labels.height, labels.width,
+                            entry.file_name, height, width, *size,
                         )  # fmt: skip
                     names.append(entry.file_name)
                     continue
