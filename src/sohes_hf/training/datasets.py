@@ -197,21 +197,16 @@ class PseudoLabelledImages:
                 try:
                     width, height = reader.probe(entry)
                 except ImageReadError as error:
-                    names = dropped.setdefault(UNREADABLE_AT_LOAD, [])
-                    if len(names) < _NAMES_LOGGED:
-                        logger.warning("image %s does not open, left out: %s", entry.file_name, error.reason)
-                    names.append(entry.file_name)
+                    reason = error.reason
+                    _drop(dropped, UNREADABLE_AT_LOAD, entry.file_name, "does not open, left out: %s", reason)
                     continue
                 size = self.store.image_size(image_id)  # a lookup, no labels converted
                 if size is not None and size != (height, width):
-                    names = dropped.setdefault(SIZE_MISMATCH_AT_LOAD, [])
-                    if len(names) < _NAMES_LOGGED:
-                        logger.warning(
-                            "image %s is %dx%d (height x width) but its pseudo-labels are for %dx%d, left "
-                            "out: explore the image again",
-                            entry.file_name, height, width, *size,
-                        )  # fmt: skip
-                    names.append(entry.file_name)
+                    _drop(
+                        dropped, SIZE_MISMATCH_AT_LOAD, entry.file_name,
+                        "is %dx%d (height x width) but its pseudo-labels are for %dx%d, left out: explore "
+                        "the image again", height, width, *size,
+                    )  # fmt: skip
                     continue
                 kept.append((entry, image_id))
         return kept
@@ -254,6 +249,14 @@ class PseudoLabelledImages:
         )
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
         return LabelledImage(image, torch.from_numpy(masks), torch.from_numpy(parents))
+
+
+def _drop(dropped: dict[str, list[str]], reason: str, file_name: str, message: str, *args: object) -> None:
+    """Records an image left out at load under ``reason``; the first ``_NAMES_LOGGED`` get a WARNING."""
+    names = dropped.setdefault(reason, [])
+    if len(names) < _NAMES_LOGGED:
+        logger.warning("image %s " + message, file_name, *args)
+    names.append(file_name)
 
 
 def _generator(seed: int, stream: int, position: int) -> torch.Generator:
