@@ -258,6 +258,32 @@ def test_bad_input_raises_value_error_naming_argument(
         agglomerative_merge(features, thresholds)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize(("patch", "channel"), [(0, 0), (11, 64), (19, 69)])
+def test_one_non_finite_value_anywhere_is_refused(value: float, patch: int, channel: int) -> None:
+    # The kernel finds non-finite values in its norm pass: one value is enough, wherever it is
+    # (first and last patch, a channel of the full 64-lane blocks and one of the C % 64 tail).
+    features = _smooth_grid(5, 4, 5, 70)
+    features.reshape(20, 70)[patch, channel] = value
+    with pytest.raises(ValueError, match="features: all values must be finite"):
+        agglomerative_merge(features, [0.8, 0.4])
+    grids = np.stack([_smooth_grid(6, 4, 5, 70), features])
+    with pytest.raises(ValueError, match="features: all values must be finite"):
+        agglomerative_merge_batch(grids, [0.8, 0.4])
+
+
+def test_largest_float32_values_are_finite_and_merge() -> None:
+    # Squares of float32 values cannot overflow the float64 norm, so the largest finite values
+    # are accepted and merged like any other scale (cosine similarity ignores the scale).
+    features = _smooth_grid(7, 4, 5, 70)
+    scaled = features / np.abs(features).max() * np.finfo(np.float32).max
+    assert np.isfinite(scaled).all()
+    for got, expected in zip(
+        agglomerative_merge(scaled, THRESHOLDS), reference_merge(scaled, THRESHOLDS), strict=True
+    ):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_batch_equals_one_merge_per_grid() -> None:
     grids = np.stack([_smooth_grid(seed, 9, 7, 12) for seed in range(4)])
     grids[2, 3:6, 2:5] = grids[2, 3, 2]  # exact ties in one grid

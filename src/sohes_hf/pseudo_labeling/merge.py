@@ -9,8 +9,8 @@ the current partition is recorded, giving ``m`` granularity levels in a single p
 
 The implementation is a priority-queue algorithm compiled with numba. Each region owns the
 edges created with it (for a patch: to its right and lower neighbours; for a merged region: to
-all its neighbours) in a binary heap of its own, and a global heap holds every region's top
-edge; entries go stale, and are skipped, once a region has been merged away (region ids are
+all its neighbours) in a 4-ary heap of its own, and a global (4-ary) heap holds every region's
+top edge; entries go stale, and are skipped, once a region has been merged away (region ids are
 never reused). Neighbour lists are unioned on each merge through a union-find forest from
 regions to the region that absorbed them. A merge costs O((d_i + d_j) log d) bookkeeping for
 neighbour counts ``d`` instead of the O(E) scan per merge of a direct transcription (HASSOD's
@@ -172,7 +172,10 @@ def _workspace(rows: int, channels: int) -> np.ndarray:
 
 
 def _features_to_numpy(features: Any) -> np.ndarray:
-    """Returns ``features`` as a C-contiguous float32 numpy array (H, W, C), validated."""
+    """Returns ``features`` as a C-contiguous float32 numpy array (H, W, C), shape and dtype validated.
+
+    Finiteness is checked by the kernel, in its norm pass (``merge_kernel._initial_edges``).
+    """
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(features, torch.Tensor):
         features = features.detach().to(device="cpu", dtype=torch.float32).numpy()
@@ -185,10 +188,7 @@ def _features_to_numpy(features: Any) -> np.ndarray:
     if features.dtype.kind not in "iuf":
         raise ValueError(f"features: expected a real numeric dtype, got {features.dtype}")
     with np.errstate(over="ignore"):
-        grid = np.ascontiguousarray(features, dtype=np.float32)
-    if not np.isfinite(grid).all():
-        raise ValueError("features: all values must be finite (after casting to float32)")
-    return grid
+        return np.ascontiguousarray(features, dtype=np.float32)
 
 
 def _validate_thresholds(thresholds: Sequence[float]) -> np.ndarray:
