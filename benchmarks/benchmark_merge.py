@@ -16,7 +16,9 @@ the latter.
 Figures (CPU medians of 5, 2026-12-03, load ~2.5 from two training jobs on the 2 cores; main
 e6003e5 and the ``_lane_dot`` kernel run alternately twice): smooth noise 103.7 / 96.8 -> 92.4 /
 84.9 ms, segments 91.3 / 93.8 -> 84.6 / 82.2 ms, flat segments 149.4 / 150.4 -> 131.3 / 130.5 ms,
-identical label maps (docs/benchmarks.md, docs/self_exploration_algorithms.md).
+identical label maps (docs/benchmarks.md, docs/self_exploration_algorithms.md). With 4-ary heaps and the
+finiteness check in the kernel's norm pass (2026-12-03, quiet machine, three runs): smooth
+54.7-55.8, segments 50.7-53.0, flat segments 97.0-98.9 ms CPU.
 
 It also times a straightforward quadratic implementation (one full scan of the edges per
 merge, as in the paper's description and HASSOD's ``hier_cluster.py``) on a 24 x 24 grid,
