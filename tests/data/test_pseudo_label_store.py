@@ -77,7 +77,11 @@ def test_json_and_table_stores_agree(tmp_path: Path, suffix: str) -> None:
         # the size lookup (no labels converted) agrees with the written image record
         expected = (24, image.width)
         assert table_store.image_size(image.image_id) == json_store.image_size(image.image_id) == expected
+        # the label count (no labels converted) agrees with the converted labels
+        assert table_store.num_labels(image.image_id) == json_store.num_labels(image.image_id)
+        assert table_store.num_labels(image.image_id) == len(from_table.labels) == len(from_json.labels)
     assert table_store.image_size(999) is None and json_store.image_size(999) is None
+    assert table_store.num_labels(999) is None and json_store.num_labels(999) is None
     # an annotation of the second shard, compared with the raw file
     raw = shard1["annotations"][1]
     label = json_store.get(raw["image_id"]).labels[1]  # type: ignore[union-attr]

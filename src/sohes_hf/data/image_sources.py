@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from sohes_hf.data.tar_scan import SA1B_IMAGE_NAME, InputProblem, scan_tar
 from sohes_hf.logging_utils import get_logger
@@ -224,6 +224,10 @@ class ImageReader:
             raise
         except Image.DecompressionBombError as error:
             raise ImageReadError(f"too large: {error}") from error
+        except UnidentifiedImageError as error:  # its message names an in-memory buffer's address
+            raise ImageReadError(
+                "cannot decode: UnidentifiedImageError: not an image format Pillow recognises"
+            ) from error
         except (OSError, ValueError, SyntaxError) as error:  # PIL signals corrupt data with these
             raise ImageReadError(f"cannot decode: {type(error).__name__}: {error}") from error
         return pixels
@@ -259,6 +263,10 @@ class ImageReader:
             raise ImageReadError(f"too large: {error}") from error
         except tarfile.TarError as error:
             raise ImageReadError(f"cannot read: {type(error).__name__}: {error}") from error
+        except UnidentifiedImageError as error:  # its message names the file descriptor, not the file
+            raise ImageReadError(
+                "cannot open: UnidentifiedImageError: not an image format Pillow recognises"
+            ) from error
         except (OSError, ValueError, SyntaxError) as error:  # PIL signals bad headers with these
             raise ImageReadError(f"cannot open: {type(error).__name__}: {error}") from error
         self._check_size(width, height)

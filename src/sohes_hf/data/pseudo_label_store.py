@@ -81,6 +81,15 @@ class PseudoLabelStore(Protocol):
         """``(height, width)`` the labels were made for, without converting the labels."""
         ...
 
+    def num_labels(self, image_id: int) -> int | None:
+        """How many pseudo-labels the image has, without converting them (``None``: no such image).
+
+        Why: the training dataset counts every image's labels when it loads; through ``get`` that
+        converted all the labels of every image, and a Parquet store decoded a whole row group
+        per image whenever the listing order was not the file's order.
+        """
+        ...
+
     def image_id_for_file_name(self, file_name: str) -> int | None: ...
 
     def __len__(self) -> int: ...
@@ -320,6 +329,10 @@ class JsonPseudoLabelStore:
         image = self._images.get(image_id)
         return None if image is None else (image.height, image.width)
 
+    def num_labels(self, image_id: int) -> int | None:
+        image = self._images.get(image_id)
+        return None if image is None else len(image.labels)
+
     def image_id_for_file_name(self, file_name: str) -> int | None:
         return self._by_file_name.get(file_name)
 
@@ -471,6 +484,7 @@ class ArrowPseudoLabelStore(_TableStore):
         self._by_file_name = dict(zip(self._table.column("file_name").to_pylist(), ids, strict=True))
         self._heights = self._table.column("height").to_numpy()
         self._widths = self._table.column("width").to_numpy()
+        self._label_counts = pc.fill_null(pc.list_value_length(self._table.column("label_id")), 0).to_numpy()
 
     def get(self, image_id: int) -> ImagePseudoLabels | None:
         row = self._location.get(image_id)
@@ -479,6 +493,10 @@ class ArrowPseudoLabelStore(_TableStore):
     def image_size(self, image_id: int) -> tuple[int, int] | None:
         row = self._location.get(image_id)
         return None if row is None else (int(self._heights[row]), int(self._widths[row]))
+
+    def num_labels(self, image_id: int) -> int | None:
+        row = self._location.get(image_id)
+        return None if row is None else int(self._label_counts[row])
 
 
 class ParquetPseudoLabelStore(_TableStore):
@@ -506,16 +524,19 @@ class ParquetPseudoLabelStore(_TableStore):
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
         self._location = {}
         self._by_file_name = {}
-        self._sizes: list[tuple[np.ndarray, np.ndarray]] = []  # (heights, widths) per row group
+        # Per row group: heights, widths and label counts (lookups that decode no labels).
+        self._sizes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for group in range(self._file.num_row_groups):
-            columns = ["image_id", "file_name", "height", "width"]
-            keys = self._file.read_row_group(group, columns=columns).to_pydict()
+            columns = ["image_id", "file_name", "height", "width", "label_id"]
+            table = self._file.read_row_group(group, columns=columns)
+            keys = table.select(["image_id", "file_name"]).to_pydict()
             for row, (image_id, file_name) in enumerate(
                 zip(keys["image_id"], keys["file_name"], strict=True)
             ):
                 self._location[image_id] = (group, row)
                 self._by_file_name[file_name] = image_id
-            self._sizes.append((np.asarray(keys["height"]), np.asarray(keys["width"])))
+            counts = pc.fill_null(pc.list_value_length(table.column("label_id")), 0).to_numpy()
+            self._sizes.append((table.column("height").to_numpy(), table.column("width").to_numpy(), counts))
 
     def _row_group(self, group: int) -> pa.Table:
         # Arrow tables are cached, not Python objects: converting a whole group to Python cost
@@ -540,8 +561,14 @@ class ParquetPseudoLabelStore(_TableStore):
         location = self._location.get(image_id)
         if location is None:
             return None
-        heights, widths = self._sizes[location[0]]
+        heights, widths, _ = self._sizes[location[0]]
         return int(heights[location[1]]), int(widths[location[1]])
+
+    def num_labels(self, image_id: int) -> int | None:
+        location = self._location.get(image_id)
+        if location is None:
+            return None
+        return int(self._sizes[location[0]][2][location[1]])
 
 
 def open_pseudo_label_store(paths: str | Path | Sequence[str | Path]) -> PseudoLabelStore:

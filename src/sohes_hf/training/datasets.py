@@ -12,8 +12,9 @@ the seed and the number of samples consumed, which is what lets ``--resume`` con
 required for that, so the SA-1B tars are read by member, not streamed.
 
 Unreadable images never stop a run by themselves. At load every image's header is opened
-(:meth:`ImageReader.probe`, nothing decoded) and the ones that fail are left out, logged with
-their names. An image that fails only when decoded mid-run is replaced by the next image index
+(:meth:`ImageReader.probe`, nothing decoded; threads and the processes of a distributed run
+share the work, :mod:`sohes_hf.data.image_probe`) and the ones that fail are left out, logged
+with their names. An image that fails only when decoded mid-run is replaced by the next image index
 that decodes (``(i + 1) mod N``, ...), with a WARNING naming both; the augmentation is still the
 one of the original stream position, so the substitute is a pure function of the data and
 (seed, stream position) and a resumed run makes the same substitution. The examples carry the
@@ -32,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
+from sohes_hf.data.image_probe import DEFAULT_PROBE_THREADS, probe_images
 from sohes_hf.data.image_sources import ImageEntry, ImageReader, ImageReadError, list_images
 from sohes_hf.data.pseudo_label_checks import PseudoLabelError
 from sohes_hf.data.pseudo_label_store import PseudoLabelStore, open_pseudo_label_store, targets_for_image
@@ -108,6 +109,9 @@ class PseudoLabelledImages:
         require_labels: skip images without any pseudo-label mask (they teach only "no object").
         max_unreadable_fraction: unreadable images tolerated, as a fraction of the labelled
             images found (at load here, and mid-run in the trainer).
+        probe_threads: threads opening image headers at load (:func:`probe_images`).
+        probe_across_processes: every process of the initialised ``torch.distributed`` group
+            builds this dataset at once (the trainers): each checks a share of the headers.
 
     Attributes:
         num_dropped: images left out, per reason (also logged as warnings): listed but without
@@ -127,10 +131,14 @@ class PseudoLabelledImages:
         image_root: str,
         require_labels: bool = True,
         max_unreadable_fraction: float = 0.01,
+        probe_threads: int = DEFAULT_PROBE_THREADS,
+        probe_across_processes: bool = False,
     ) -> None:
         if not 0.0 <= max_unreadable_fraction <= 1.0:
             raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {max_unreadable_fraction}")
         self.max_unreadable_fraction = max_unreadable_fraction
+        self.probe_threads = probe_threads
+        self.probe_across_processes = probe_across_processes
         roots = [p for p in str(image_root).split(os.pathsep) if p]
         for root in roots:
             if not os.path.exists(root):
@@ -191,29 +199,29 @@ class PseudoLabelledImages:
         the first step that draws the image (the masks could not be laid over its pixels).
         """
         kept = []
-        with ImageReader() as reader:
-            progress = tqdm(entries, desc="checking image headers", disable=len(entries) < 10_000)
-            for entry, image_id in progress:
-                try:
-                    width, height = reader.probe(entry)
-                except ImageReadError as error:
-                    reason = error.reason
-                    _drop(dropped, UNREADABLE_AT_LOAD, entry.file_name, "does not open, left out: %s", reason)
-                    continue
-                size = self.store.image_size(image_id)  # a lookup, no labels converted
-                if size is not None and size != (height, width):
-                    _drop(
-                        dropped, SIZE_MISMATCH_AT_LOAD, entry.file_name,
-                        "is %dx%d (height x width) but its pseudo-labels are for %dx%d, left out: explore "
-                        "the image again", height, width, *size,
-                    )  # fmt: skip
-                    continue
-                kept.append((entry, image_id))
+        headers = probe_images(
+            [entry for entry, _ in entries],
+            num_threads=self.probe_threads,
+            across_processes=self.probe_across_processes,
+        )
+        for (entry, image_id), header in zip(entries, headers, strict=True):
+            if isinstance(header, str):
+                _drop(dropped, UNREADABLE_AT_LOAD, entry.file_name, "does not open, left out: %s", header)
+                continue
+            width, height = header
+            size = self.store.image_size(image_id)  # a lookup, no labels converted
+            if size is not None and size != (height, width):
+                _drop(
+                    dropped, SIZE_MISMATCH_AT_LOAD, entry.file_name,
+                    "is %dx%d (height x width) but its pseudo-labels are for %dx%d, left out: explore "
+                    "the image again", height, width, *size,
+                )  # fmt: skip
+                continue
+            kept.append((entry, image_id))
         return kept
 
     def _num_labels(self, image_id: int) -> int:
-        labels = self.store.get(image_id)
-        return 0 if labels is None else len(labels.labels)
+        return self.store.num_labels(image_id) or 0  # a lookup, no labels converted
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -70,6 +70,7 @@ class SelfCorrectionTrainer(SelfInstructionTrainer):
             self.config.train_annotations,
             self.config.image_root,
             max_unreadable_fraction=self.config.max_unreadable_fraction,
+            probe_across_processes=True,  # every process builds it here: each checks a share
         )
         return SelfCorrectionDataset(images, self.config.augmentation, self.config.seed)
 

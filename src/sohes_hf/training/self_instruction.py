@@ -182,6 +182,7 @@ class SelfInstructionTrainer:
             self.config.train_annotations,
             self.config.image_root,
             max_unreadable_fraction=self.config.max_unreadable_fraction,
+            probe_across_processes=True,  # every process builds it here: each checks a share
         )
         return SelfInstructionDataset(images, self.config.augmentation, self.config.seed)
 
