@@ -61,7 +61,8 @@ def test_threads_give_the_one_by_one_results_in_order(
     assert len(entries) == 17
     assert sum(isinstance(result, str) for result in expected) == 3  # empty, text, the cut member
     # the reasons name no file descriptor or buffer address (they would differ between runs)
-    assert "not an image format Pillow recognises" in str(expected[[e.file_name for e in entries].index("text.jpg")])
+    text_reason = expected[[entry.file_name for entry in entries].index("text.jpg")]
+    assert "not an image format Pillow recognises" in str(text_reason)
     assert probe_images(entries, num_threads=num_threads) == expected
 
 
