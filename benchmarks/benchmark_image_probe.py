@@ -4,15 +4,21 @@ Every training image's header is opened once when a training run starts (dataset
 zero-byte or non-image file is left out before the first step. This prints that check's time
 per image for plain JPEG files and for the members of an SA-1B-format tar pack (files warm in
 the page cache; a cold or network file system adds one small read per image), next to a full
-decode (``ImageReader.read``) of the same images.
+decode (``ImageReader.read``) of the same images, and the time of the whole check as the dataset
+runs it (``probe_images``: tasks of one pack or 256 files, ``--threads`` threads).
 
 Usage:
     python benchmarks/benchmark_image_probe.py [--num-images 200] [--width 2250] [--height 1500]
+        [--threads 1,2,8] [--packs 1] [--cold]
+
+``--packs N`` splits the images over N tar packs (tasks of probe_images); ``--cold`` drops the
+page cache before each probe_images run (needs root: writes /proc/sys/vm/drop_caches).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tarfile
 import tempfile
 import time
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sohes_hf.data.image_probe import probe_images
 from sohes_hf.data.image_sources import ImageReader, list_images
 
 
@@ -36,6 +43,9 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--width", type=int, default=2250)  # SA-1B images are ~1500 x 2250
     parser.add_argument("--height", type=int, default=1500)
+    parser.add_argument("--threads", default="1,2,8", help="comma-separated thread counts for probe_images")
+    parser.add_argument("--packs", type=int, default=1, help="tar packs the images are split over")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each run (root)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,14 +55,16 @@ def main() -> None:
         picture = Image.fromarray(base).resize((args.width, args.height))  # smooth: JPEG-like sizes
         for number in range(1, args.num_images + 1):
             picture.save(folder / f"sa_{number}.jpg", quality=90)
-        pack = Path(tmp) / "sa_000000.tar"
-        with tarfile.open(pack, "w") as tar:
-            for path in sorted(folder.iterdir()):
-                tar.add(path, arcname=path.name)
+        names = sorted(folder.iterdir())
+        packs = [Path(tmp) / f"sa_{number:06d}.tar" for number in range(args.packs)]
+        for number, pack in enumerate(packs):
+            with tarfile.open(pack, "w") as tar:
+                for path in names[number :: args.packs]:
+                    tar.add(path, arcname=path.name)
         size = (folder / "sa_1.jpg").stat().st_size
         print(f"{args.num_images} JPEGs of {args.width}x{args.height} ({size / 1e6:.2f} MB each)")
-        for kind, source in (("files", folder), ("tar members", pack)):
-            entries = list_images([source])
+        for kind, sources in (("files", [folder]), ("tar members", packs)):
+            entries = list_images(sources)
             with ImageReader() as reader:
                 reader.probe(entries[0])  # opens the pack once
                 probe = _time_per_image(reader.probe, entries)
@@ -62,6 +74,19 @@ def main() -> None:
                 f"{kind:12s} header check {probe * 1e6:8.1f} us/image, decode {read * 1e3:7.2f} ms/image "
                 f"({read / probe:.0f}x); 11M images (SA-1B): {sa1b_minutes:.1f} min of checks"
             )
+            for threads in (int(t) for t in args.threads.split(",")):
+                if args.cold:
+                    os.sync()
+                    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                start_wall, start_cpu = time.perf_counter(), time.process_time()
+                probe_images(entries, num_threads=threads)
+                wall = (time.perf_counter() - start_wall) / len(entries)
+                cpu = (time.process_time() - start_cpu) / len(entries)
+                print(
+                    f"    probe_images{' (cold)' if args.cold else ''}, {threads} thread(s), "
+                    f"{len(sources)} source(s), pack indexing included: {wall * 1e6:8.1f} us/image wall, "
+                    f"{cpu * 1e6:8.1f} us/image CPU"
+                )
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
-"""Header checks of many images at once: threads within a process, shares across processes.
+"""Header checks of many images at once: shares across processes, threads within one.
 
 Why: the training dataset opens every image's header when it loads (``ImageReader.probe``, see
 :mod:`sohes_hf.training.datasets`), so that a file that does not open is left out before the
-first step. One at a time that is 0.13-0.57 ms per warm image, and one file-system round trip
-per image on a cold or network file system; for the 11M SA-1B images, 35-100 minutes of one
-core at every start (resume included), repeated by every process of a distributed run. Here
-the work is cut into tasks (all members of one tar pack, which each reader indexes once, or
-runs of plain files), the processes of an initialised ``torch.distributed`` group take
-disjoint shares of the tasks, the threads of each process probe its tasks (reads and file
-opens release the GIL), and the results are exchanged so that every process ends with the
-same list, in the order of the entries: the outcome does not depend on the number of threads
-or processes (tested against one thread and one process).
+first step. For the 11M SA-1B images that is minutes to an hour of one core at every start
+(resume included), and every process of a distributed run repeated all of it. Here the work is
+cut into tasks (all members of one tar pack, which a reader indexes once, or runs of 256 plain
+files); the processes of an initialised ``torch.distributed`` group take disjoint shares of the
+tasks (largest first to the least loaded) and exchange the results, so that every process ends
+with the same list in the order of the entries, whatever the number of processes or threads
+(tested against one-by-one probes, and under torchrun with two processes).
+
+Threads are off by default: Pillow parses headers in Python under the GIL, and on this 2-core
+machine 2-16 threads made the check 1.5-3x slower with a warm page cache and no faster with a
+cold local disk (``benchmarks/benchmark_image_probe.py``). They are for storage where each open
+waits on the network (NFS, Lustre, object-store mounts): the waits overlap, the parsing does not.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from sohes_hf.logging_utils import get_logger
 
 logger = get_logger(__name__)
 
-DEFAULT_PROBE_THREADS = 8
+DEFAULT_PROBE_THREADS = 1  # threads: for high-latency storage only (see the module docstring)
 _FILES_PER_TASK = 256  # plain files per task: enough to amortise the task, small enough to balance
 _PROGRESS_MIN_IMAGES = 10_000  # fewer images per process: no progress bar
 
