@@ -5,7 +5,9 @@ Prints:
      RGB arrays, through the full ``SA1BPseudoLabelBuilder`` stream (join + datasets' Image
      decoding), and through datasets' packaged ``webdataset`` loader for reference;
   2. pseudo-label store costs: JSON index build vs Arrow / Parquet conversion and open, per-image
-     lookup time (random order and pack order), file sizes and resident memory growth.
+     lookup time (random order and pack order), the label-count lookup the training dataset
+     makes for every image at load (``num_labels``; it used to be a full lookup), file sizes and
+     resident memory growth.
 
 Usage:
     python benchmarks/benchmark_data.py [--num-images 200] [--size 1024] [--label-images 2000]
@@ -228,6 +230,12 @@ def benchmark_join(folder: Path, num_images: int, masks_per_image: int) -> None:
                 store.get(image_id)
             per_image = (time.perf_counter() - start) / len(ids)
             print(f"  {name:7s} lookup ({order_name:10s})        {per_image * 1e6:8.1f} us/image")
+            # what the training dataset does for every image at load: count its labels
+            start = time.perf_counter()
+            for image_id in ids:
+                store.num_labels(image_id)
+            per_image = (time.perf_counter() - start) / len(ids)
+            print(f"  {name:7s} num_labels ({order_name:10s})    {per_image * 1e6:8.1f} us/image")
         del store
 
 
