@@ -67,16 +67,14 @@ def probe_images(
     tasks = _share(_tasks(entries), world_size)[rank]
     start = time.perf_counter()
     local = _probe_tasks(entries, tasks, num_threads, reader_factory)
-    results: list[ProbeResult | None] = [None] * len(entries)
+    shares: list[dict[int, ProbeResult] | None] = [local]
     if world_size > 1:
-        gathered: list[dict[int, ProbeResult] | None] = [None] * world_size
-        torch.distributed.all_gather_object(gathered, local)
-        for share in gathered:
-            assert share is not None  # filled by all_gather_object
-            for index, result in share.items():
-                results[index] = result
-    else:
-        for index, result in local.items():
+        shares = [None] * world_size
+        torch.distributed.all_gather_object(shares, local)
+    results: list[ProbeResult | None] = [None] * len(entries)
+    for share in shares:
+        assert share is not None  # filled by all_gather_object
+        for index, result in share.items():
             results[index] = result
     missing = [index for index, result in enumerate(results) if result is None]
     if missing:  # every task belongs to exactly one process: a gap is a bug, not bad data

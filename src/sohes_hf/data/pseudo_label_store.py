@@ -441,6 +441,11 @@ def _row_to_labels(data: dict[str, Any]) -> ImagePseudoLabels:
     return ImagePseudoLabels(data["image_id"], data["file_name"], size[1], size[0], labels)
 
 
+def _label_counts(label_ids: pa.ChunkedArray) -> np.ndarray:
+    """Labels per row, from the offsets of the ``label_id`` list column (no label is converted)."""
+    return pc.fill_null(pc.list_value_length(label_ids), 0).to_numpy()
+
+
 class _TableStore:
     """Lookups by image id / file name over rows of :data:`_TABLE_SCHEMA`."""
 
@@ -484,7 +489,7 @@ class ArrowPseudoLabelStore(_TableStore):
         self._by_file_name = dict(zip(self._table.column("file_name").to_pylist(), ids, strict=True))
         self._heights = self._table.column("height").to_numpy()
         self._widths = self._table.column("width").to_numpy()
-        self._label_counts = pc.fill_null(pc.list_value_length(self._table.column("label_id")), 0).to_numpy()
+        self._label_counts = _label_counts(self._table.column("label_id"))
 
     def get(self, image_id: int) -> ImagePseudoLabels | None:
         row = self._location.get(image_id)
@@ -535,8 +540,8 @@ class ParquetPseudoLabelStore(_TableStore):
             ):
                 self._location[image_id] = (group, row)
                 self._by_file_name[file_name] = image_id
-            counts = pc.fill_null(pc.list_value_length(table.column("label_id")), 0).to_numpy()
-            self._sizes.append((table.column("height").to_numpy(), table.column("width").to_numpy(), counts))
+            heights, widths = table.column("height").to_numpy(), table.column("width").to_numpy()
+            self._sizes.append((heights, widths, _label_counts(table.column("label_id"))))
 
     def _row_group(self, group: int) -> pa.Table:
         # Arrow tables are cached, not Python objects: converting a whole group to Python cost

@@ -12,9 +12,9 @@ the seed and the number of samples consumed, which is what lets ``--resume`` con
 required for that, so the SA-1B tars are read by member, not streamed.
 
 Unreadable images never stop a run by themselves. At load every image's header is opened
-(:meth:`ImageReader.probe`, nothing decoded; threads and the processes of a distributed run
-share the work, :mod:`sohes_hf.data.image_probe`) and the ones that fail are left out, logged
-with their names. An image that fails only when decoded mid-run is replaced by the next image index
+(:meth:`ImageReader.probe`, nothing decoded; the processes of a distributed run share the
+work, :mod:`sohes_hf.data.image_probe`) and the ones that fail are left out, logged with their
+names. An image that fails only when decoded mid-run is replaced by the next image index
 that decodes (``(i + 1) mod N``, ...), with a WARNING naming both; the augmentation is still the
 one of the original stream position, so the substitute is a pure function of the data and
 (seed, stream position) and a resumed run makes the same substitution. The examples carry the
@@ -137,8 +137,6 @@ class PseudoLabelledImages:
         if not 0.0 <= max_unreadable_fraction <= 1.0:
             raise ValueError(f"max_unreadable_fraction must be in [0, 1], got {max_unreadable_fraction}")
         self.max_unreadable_fraction = max_unreadable_fraction
-        self.probe_threads = probe_threads
-        self.probe_across_processes = probe_across_processes
         roots = [p for p in str(image_root).split(os.pathsep) if p]
         for root in roots:
             if not os.path.exists(root):
@@ -162,7 +160,7 @@ class PseudoLabelledImages:
                 entries.append((entry, image_id))
                 continue
             dropped.setdefault(reason, []).append(entry.file_name)
-        entries = self._openable(entries, dropped)
+        entries = self._openable(entries, dropped, probe_threads, probe_across_processes)
         self.num_unreadable_at_load = len(dropped.get(UNREADABLE_AT_LOAD, []))
         self.num_dropped = {reason: len(names) for reason, names in dropped.items()}
         if len(self.store) > num_matched:
@@ -191,18 +189,21 @@ class PseudoLabelledImages:
         logger.info("training on %d pseudo-labelled images", len(entries))
 
     def _openable(
-        self, entries: list[tuple[ImageEntry, int]], dropped: dict[str, list[str]]
+        self,
+        entries: list[tuple[ImageEntry, int]],
+        dropped: dict[str, list[str]],
+        num_threads: int,
+        across_processes: bool,
     ) -> list[tuple[ImageEntry, int]]:
         """The entries whose image header opens, at the size their pseudo-labels were made for.
 
         The others go to ``dropped`` (and are logged): either would otherwise stop training at
-        the first step that draws the image (the masks could not be laid over its pixels).
+        the first step that draws the image (the masks could not be laid over its pixels). The
+        headers are checked by :func:`probe_images` (``num_threads``, ``across_processes``).
         """
         kept = []
         headers = probe_images(
-            [entry for entry, _ in entries],
-            num_threads=self.probe_threads,
-            across_processes=self.probe_across_processes,
+            [entry for entry, _ in entries], num_threads=num_threads, across_processes=across_processes
         )
         for (entry, image_id), header in zip(entries, headers, strict=True):
             if isinstance(header, str):
